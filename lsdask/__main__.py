@@ -1,0 +1,7 @@
+"""``python -m lsdask`` is the ``lsdask`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""The ``lsdask`` command.
+
+Each subcommand lives in its own module of this package, which defines
+``add_parser(subparsers)`` (registering the subcommand with ``set_defaults(func=run)``)
+and ``run(args) -> int``. Add a module to :data:`COMMANDS` to register it.
+
+Exit codes: 0 ok, 2 usage or configuration error, 1 runtime error. Errors that
+are the user's (``LsdaskError``) are printed as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..errors import LsdaskError
+
+#: Subcommand modules, in the order ``--help`` lists them.
+COMMANDS = [
+    "bricks",
+    "survey_bricks",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors: exit 2, one line, no traceback
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = _Parser(prog="lsdask", description="Run a Legacy Surveys imaging data release "
+                     "on Dask.")
+    parser.add_argument("--version", action="version", version=f"lsdask {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LsdaskError as e:
+        print(f"lsdask {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"lsdask {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

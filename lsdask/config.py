@@ -1,0 +1,313 @@
+"""The release configuration: one TOML file per release, parsed into typed objects.
+
+Example (every section but ``[release]`` is optional)::
+
+    [release]
+    name = "demo"              # used in product names (survey-ccds-demo.fits.gz ...)
+    release = 9999             # the tractor ``release`` number
+    survey_dir = "$SCRATCH/demo/survey"
+    release_dir = "$SCRATCH/demo/release"   # default: survey_dir
+    cameras = ["decam"]
+    bands = ["g", "r", "z"]
+
+    [region]                   # an RA/Dec box (RA may wrap: ra = [350, 10]) ...
+    ra = [180.0, 181.0]
+    dec = [32.0, 33.0]
+    # name = "cosmos"          # ... or a named region (built-in or from [regions])
+
+    [regions.myfield]
+    ra = [10.0, 12.0]
+    dec = [-1.0, 1.0]
+
+    [stages.runbrick]
+    threads = 2
+
+    [cluster]
+    profile = "local"
+
+Errors name the file and the dotted key: an unknown key, a value of the wrong
+type, a missing required key, or an unresolved ``$VARIABLE`` in a path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .survey.layout import ReleaseLayout
+from .survey.regions import REGIONS, Region
+
+
+@dataclass
+class ImagesOptions:
+    """Which CP images make up the release."""
+
+    mjd_min: float | None = None
+    mjd_max: float | None = None
+    exclude: list[str] = field(default_factory=list)  # image_filename globs to leave out
+
+
+@dataclass
+class CalibsOptions:
+    force: bool = False
+    timeout: float = 1800.0
+
+
+@dataclass
+class ZeropointsOptions:
+    force: bool = False
+    timeout: float = 1800.0
+
+
+@dataclass
+class CcdsOptions:
+    force: bool = False
+    depth_cut: bool = False
+
+
+@dataclass
+class BricksOptions:
+    ignore_cuts: bool = False
+
+
+@dataclass
+class RunbrickOptions:
+    threads: int = 1
+    width: int = 3600
+    height: int = 3600
+    pixscale: float = 0.262
+    nsigma: float = 6.0
+    memory_limit_gb: float | None = None
+    keep_checkpoints: bool = False
+    force: bool = False
+    timeout: float = 4 * 3600.0
+    max_retries: int = 3
+
+
+@dataclass
+class SweepsOptions:
+    force: bool = False
+
+
+@dataclass
+class MatchOptions:
+    radius: float = 1.5  # arcsec
+
+
+@dataclass
+class StagesOptions:
+    images: ImagesOptions = field(default_factory=ImagesOptions)
+    calibs: CalibsOptions = field(default_factory=CalibsOptions)
+    zeropoints: ZeropointsOptions = field(default_factory=ZeropointsOptions)
+    ccds: CcdsOptions = field(default_factory=CcdsOptions)
+    bricks: BricksOptions = field(default_factory=BricksOptions)
+    runbrick: RunbrickOptions = field(default_factory=RunbrickOptions)
+    sweeps: SweepsOptions = field(default_factory=SweepsOptions)
+    match: MatchOptions = field(default_factory=MatchOptions)
+
+
+@dataclass
+class ClusterOptions:
+    profile: str = "local"
+    adapt_min: int = 0
+    adapt_max: int = 4
+    account: str | None = None
+    window: int = 1000  # tasks in flight at once
+
+
+@dataclass
+class ReleaseSection:
+    name: str
+    survey_dir: Path
+    release_dir: Path | None = None
+    release: int = 9999
+    cameras: list[str] = field(default_factory=lambda: ["decam"])
+    bands: list[str] = field(default_factory=lambda: ["g", "r", "z"])
+    processor: str = "lite"
+
+
+@dataclass
+class RegionSection:
+    ra: list[float] | None = None
+    dec: list[float] | None = None
+    name: str | None = None
+
+
+@dataclass
+class ReleaseConfig:
+    """A parsed release configuration."""
+
+    release: ReleaseSection
+    region: RegionSection | None = None
+    regions: dict[str, RegionSection] = field(default_factory=dict)
+    stages: StagesOptions = field(default_factory=StagesOptions)
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.release.name
+
+    @property
+    def bands(self) -> list[str]:
+        return self.release.bands
+
+    @property
+    def layout(self) -> ReleaseLayout:
+        return ReleaseLayout(self.release.survey_dir, self.release.release_dir, self.release.name)
+
+    def region_box(self) -> Region | None:
+        """The release region as a :class:`Region`, or None for the whole sky."""
+        if self.region is None:
+            return None
+        return resolve_region(self.region, self.regions, str(self.path), "region")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("path", None)
+        return d
+
+    def hash(self) -> str:
+        """Short stable hash of the parsed configuration (provenance)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def resolve_region(sec: RegionSection, user: dict[str, RegionSection], file: str,
+                   key: str) -> Region:
+    if sec.name is not None:
+        if sec.ra is not None or sec.dec is not None:
+            raise ConfigError(f"{file}: key '{key}': give either 'name' or 'ra'/'dec', not both")
+        if sec.name in user:
+            return resolve_region(user[sec.name], {}, file, f"regions.{sec.name}").named(sec.name)
+        if sec.name in REGIONS:
+            return REGIONS[sec.name]
+        known = sorted(set(REGIONS) | set(user))
+        raise ConfigError(f"{file}: key '{key}.name': unknown region {sec.name!r} "
+                          f"(known: {', '.join(known)})")
+    for k in ("ra", "dec"):
+        v = getattr(sec, k)
+        if v is None or len(v) != 2:
+            raise ConfigError(f"{file}: key '{key}.{k}' must be a list of two numbers [min, max]")
+    if not (-90 <= sec.dec[0] <= sec.dec[1] <= 90):
+        raise ConfigError(f"{file}: key '{key}.dec' must satisfy -90 <= min <= max <= 90")
+    return Region(float(sec.ra[0]), float(sec.ra[1]), float(sec.dec[0]), float(sec.dec[1]))
+
+
+_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def expand_path(value: str, file: str, key: str, base: Path | None) -> Path:
+    """Expand ``$VAR``/``${VAR}`` and ``~``; relative paths are relative to the config file."""
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    m = _VAR.search(expanded)
+    if m:
+        raise ConfigError(f"{file}: key '{key}': environment variable {m.group(0)} is not set "
+                          f"(in {value!r})")
+    p = Path(expanded)
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    return p
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "None")
+
+
+def _convert(value: Any, tp, file: str, key: str, base: Path | None) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, file, key, base)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{file}: key '{key}' must be a table, got {value!r}")
+        return _build(tp, value, file, key, base)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{file}: key '{key}' must be a list, got {value!r}")
+        return [_convert(v, args[0], file, f"{key}[{i}]", base) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{file}: key '{key}' must be a table, got {value!r}")
+        return {k: _convert(v, args[1], file, f"{key}.{k}", base) for k, v in value.items()}
+    if tp is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{file}: key '{key}' must be a path string, got {value!r}")
+        return expand_path(value, file, key, base)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{file}: key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp in (int, bool, str):
+        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{file}: key '{key}' must be {_type_name(tp)}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp}")  # programming error
+
+
+def _build(cls, data: dict, file: str, prefix: str, base: Path | None):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k not in fields:
+            raise ConfigError(f"{file}: unknown key '{key}' (valid keys here: "
+                              f"{', '.join(sorted(fields))})")
+        kwargs[k] = _convert(v, hints[k], file, key, base)
+    for name, f in fields.items():
+        if (name not in kwargs and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING):
+            key = f"{prefix}.{name}" if prefix else name
+            raise ConfigError(f"{file}: missing required key '{key}'")
+    return cls(**kwargs)
+
+
+def parse_config(data: dict, file: str = "<config>", base: Path | None = None) -> ReleaseConfig:
+    """Build a :class:`ReleaseConfig` from a TOML-shaped dict."""
+    if "release" not in data:
+        raise ConfigError(f"{file}: missing required table '[release]'")
+    cfg = _build(ReleaseConfig, data, file, "", base)
+    cfg.path = Path(file) if file != "<config>" else None
+    if cfg.region is not None:
+        cfg.region_box()  # validate now, errors name the key
+    for name, sec in cfg.regions.items():
+        resolve_region(sec, {}, file, f"regions.{name}")
+    r = cfg.stages.runbrick
+    if r.threads < 1:
+        raise ConfigError(f"{file}: key 'stages.runbrick.threads' must be >= 1")
+    return cfg
+
+
+def load_config(path: str | Path) -> ReleaseConfig:
+    """Read and validate a release TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(data, str(path), path.resolve().parent)

@@ -1,0 +1,44 @@
+"""Processors: what runs inside one task.
+
+A processor takes paths and options, writes its products atomically and
+returns a small, picklable summary dict. It knows nothing of Dask, the ledger
+or the runner. ``lite`` is the embedded pure-Python processor; a ``legacypipe``
+processor (calling legacypipe/legacyzpts where installed) can implement the
+same interface.
+
+Interface (module-level functions of ``lsdask.processors.<name>``)::
+
+    calibs_done(layout, image_filename) -> bool
+    run_calibs(layout, image_filename, options: CalibsOptions) -> dict
+    zeropoints_done(layout, image_filename) -> bool
+    run_zeropoints(layout, image_filename, options: ZeropointsOptions) -> dict
+    runbrick_done(layout, brickname) -> bool
+    run_runbrick(layout, brickname, ccds: numpy structured array of survey-ccds rows,
+                 bands, options: RunbrickOptions, release: int, config_hash: str) -> dict
+
+Failures raise: ``lsdask.errors.InputError`` for bad inputs (corrupt or
+missing files: never retried), :class:`BrickMemoryError` when the memory
+estimate exceeds the limit (retried with fewer threads), anything else is a
+generic error.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ..errors import LsdaskError
+
+
+class BrickMemoryError(MemoryError, LsdaskError):
+    """The task would exceed its memory limit; retry it with fewer threads."""
+
+
+def get_processor(name: str) -> ModuleType:
+    """The processor module by name (``lite``, ``legacypipe``)."""
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown processor {name!r} ({e})") from None

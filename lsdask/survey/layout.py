@@ -1,0 +1,194 @@
+"""Every path of a release, in one place.
+
+Two roots: the *survey dir* (inputs and per-image products, legacypipe's
+``LEGACY_SURVEY_DIR``: images, calib, zpt, survey-ccds, reference catalogues)
+and the *release dir* (per-brick and whole-release products, runbrick's
+``--outdir``: tractor, coadd, metrics, logs, checkpoints, sweeps, external,
+parquet, report, the ledger). They may be the same folder.
+
+No other module builds a product path by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Coadd image kinds written per band.
+COADD_BAND_KINDS = ("image", "invvar", "model", "chi2", "depth", "galdepth", "nexp", "psfsize")
+
+
+def image_basename(image_filename: str) -> str:
+    """File name up to its first '.' (``c4d_..._ooi_g_ls9.fits.fz`` -> ``c4d_..._ooi_g_ls9``)."""
+    return Path(image_filename).name.split(".", 1)[0]
+
+
+def image_dir(image_filename: str) -> str:
+    """Directory part of an image path relative to ``images/``."""
+    return str(Path(image_filename).parent)
+
+
+@dataclass(frozen=True)
+class ReleaseLayout:
+    """Paths of one release. ``release_dir`` defaults to ``survey_dir``."""
+
+    survey_dir: Path
+    release_dir: Path
+    name: str = "lsdask"
+
+    def __init__(self, survey_dir: str | Path, release_dir: str | Path | None = None,
+                 name: str = "lsdask"):
+        object.__setattr__(self, "survey_dir", Path(survey_dir))
+        object.__setattr__(self, "release_dir",
+                           Path(release_dir) if release_dir is not None else Path(survey_dir))
+        object.__setattr__(self, "name", name)
+
+    # -- survey dir: inputs and per-image products -------------------------
+    @property
+    def images_dir(self) -> Path:
+        return self.survey_dir / "images"
+
+    def image(self, image_filename: str) -> Path:
+        """An image file given its ``image_filename`` (relative to ``images/``)."""
+        return self.images_dir / image_filename
+
+    @property
+    def calib_dir(self) -> Path:
+        return self.survey_dir / "calib"
+
+    def psfex(self, image_filename: str) -> Path:
+        """Merged per-exposure PSF model: ``calib/psfex/<imgdir>/<basename>-psfex.fits``."""
+        return (self.calib_dir / "psfex" / image_dir(image_filename)
+                / f"{image_basename(image_filename)}-psfex.fits")
+
+    def splinesky(self, image_filename: str) -> Path:
+        """Merged per-exposure sky model: ``calib/sky/<imgdir>/<basename>-splinesky.fits``."""
+        return (self.calib_dir / "sky" / image_dir(image_filename)
+                / f"{image_basename(image_filename)}-splinesky.fits")
+
+    @property
+    def zpt_dir(self) -> Path:
+        return self.survey_dir / "zpt"
+
+    def zeropoints(self, image_filename: str) -> Path:
+        """Per-exposure survey-ccds rows: ``zpt/<imgdir>/<basename>-annotated.fits``."""
+        return (self.zpt_dir / image_dir(image_filename)
+                / f"{image_basename(image_filename)}-annotated.fits")
+
+    def photom(self, image_filename: str) -> Path:
+        """Per-exposure reference-star photometry: ``zpt/<imgdir>/<basename>-photom.fits``."""
+        return (self.zpt_dir / image_dir(image_filename)
+                / f"{image_basename(image_filename)}-photom.fits")
+
+    @property
+    def survey_ccds(self) -> Path:
+        return self.survey_dir / f"survey-ccds-{self.name}.fits.gz"
+
+    @property
+    def survey_ccds_kd(self) -> Path:
+        return self.survey_dir / f"survey-ccds-{self.name}.kd.fits"
+
+    @property
+    def survey_bricks(self) -> Path:
+        return self.survey_dir / "survey-bricks.fits.gz"
+
+    @property
+    def gaia_dir(self) -> Path:
+        """Reference star catalogue chunks (``chunk-*.fits``)."""
+        return self.survey_dir / "gaia"
+
+    @property
+    def truth(self) -> Path:
+        """Truth catalogue of a simulated survey."""
+        return self.survey_dir / "truth" / "truth.fits"
+
+    # -- release dir: per-brick products -------------------------------------
+    @property
+    def bricklist(self) -> Path:
+        return self.release_dir / "bricks.txt"
+
+    def tractor(self, brick: str) -> Path:
+        return self.release_dir / "tractor" / brick[:3] / f"tractor-{brick}.fits"
+
+    def sha256sum(self, brick: str) -> Path:
+        return self.release_dir / "tractor" / brick[:3] / f"brick-{brick}.sha256sum"
+
+    def coadd_dir(self, brick: str) -> Path:
+        return self.release_dir / "coadd" / brick[:3] / brick
+
+    def coadd(self, brick: str, kind: str, band: str | None = None) -> Path:
+        """``legacysurvey-<brick>-<kind>-<band>.fits.fz`` for per-band kinds (see
+        :data:`COADD_BAND_KINDS`), else ``legacysurvey-<brick>-<kind>`` where ``kind``
+        carries its suffix (``maskbits.fits.fz``, ``ccds.fits``, ``depth.fits``, ``image.jpg``)."""
+        if band is not None:
+            return self.coadd_dir(brick) / f"legacysurvey-{brick}-{kind}-{band}.fits.fz"
+        return self.coadd_dir(brick) / f"legacysurvey-{brick}-{kind}"
+
+    def blobs(self, brick: str) -> Path:
+        return self.release_dir / "metrics" / brick[:3] / f"blobs-{brick}.fits.gz"
+
+    def checkpoint(self, brick: str) -> Path:
+        return self.release_dir / "checkpoints" / brick[:3] / f"checkpoint-{brick}.pickle"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.release_dir / "checkpoints"
+
+    def log(self, stage: str, key: str) -> Path:
+        """Per-task log: ``logs/<bri>/<brick>.log`` (runbrick), else ``logs/<stage>/<key>.log``."""
+        if stage == "runbrick":
+            return self.release_dir / "logs" / key[:3] / f"{key}.log"
+        safe = key.replace("/", "_")
+        return self.release_dir / "logs" / stage / f"{safe}.log"
+
+    # -- release dir: whole-release products --------------------------------
+    @property
+    def ledger(self) -> Path:
+        return self.release_dir / "lsdask-ledger.sqlite"
+
+    @property
+    def parquet_dir(self) -> Path:
+        return self.release_dir / "parquet"
+
+    @property
+    def tractor_parquet(self) -> Path:
+        """Tractor catalogues as one Parquet dataset partitioned by sweep box."""
+        return self.parquet_dir / "tractor"
+
+    @property
+    def survey_ccds_parquet(self) -> Path:
+        return self.parquet_dir / f"survey-ccds-{self.name}.parquet"
+
+    @property
+    def sweeps_dir(self) -> Path:
+        return self.release_dir / "sweeps"
+
+    def sweep(self, box: str, kind: str = "") -> Path:
+        """``sweeps/sweep-<box>.fits`` (``kind`` '' main, 'lc' or 'ex')."""
+        suffix = f"-{kind}" if kind else ""
+        return self.sweeps_dir / f"sweep-{box}{suffix}.fits"
+
+    @property
+    def sweeps_parquet(self) -> Path:
+        return self.parquet_dir / "sweeps"
+
+    @property
+    def external_dir(self) -> Path:
+        return self.release_dir / "external"
+
+    def external(self, name: str) -> Path:
+        """Matched external catalogue: ``external/survey-<release>-<name>.fits``."""
+        return self.external_dir / f"survey-{self.name}-{name}.fits"
+
+    def depth_summary(self) -> Path:
+        return self.release_dir / f"{self.name}-depth-summary.fits"
+
+    def depth_table(self) -> Path:
+        return self.release_dir / f"{self.name}-depth.fits"
+
+    def depth_plot(self) -> Path:
+        return self.release_dir / f"{self.name}-depth.png"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.release_dir / "report"
