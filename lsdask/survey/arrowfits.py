@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 META_KEY = b"numpy"
 
@@ -66,12 +67,23 @@ def _field_dtype(f: pa.Field) -> tuple[np.dtype, tuple[int, ...]]:
     return np.dtype(t.to_pandas_dtype()), shape
 
 
+def _fill_nulls(arr: pa.Array, dt: np.dtype, shape: tuple[int, ...]) -> pa.Array:
+    if shape:
+        size = int(np.prod(shape))
+        fill = [""] * size if dt.kind in "SU" else [0] * size
+        return pa.array([fill if x is None else x for x in arr.to_pylist()], type=arr.type)
+    fill = "" if dt.kind in "SU" else (False if dt.kind == "b" else 0)
+    return pc.fill_null(arr, pa.scalar(fill, type=arr.type))
+
+
 def arrow_to_numpy(table: pa.Table) -> np.ndarray:
     """Arrow table (from :func:`numpy_to_arrow`, or any flat table) -> structured array."""
     cols, dtypes = [], []
     for f, chunked in zip(table.schema, table.columns, strict=True):
         dt, shape = _field_dtype(f)
         arr = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
+        if arr.null_count:  # e.g. a column missing from some of the concatenated tables
+            arr = _fill_nulls(arr, dt, shape)
         if shape:
             values = arr.flatten()
             n = len(arr)
@@ -79,9 +91,10 @@ def arrow_to_numpy(table: pa.Table) -> np.ndarray:
             values, n = arr, len(arr)
         if dt.kind in "SU":
             v = np.asarray(values.to_pylist(), dtype=object)
-            if dt.itemsize == 0:
-                width = max((len(s) for s in v if s is not None), default=1)
-                dt = np.dtype(f"{dt.kind}{max(width, 1)}")
+            # never truncate: the stored width may come from another (narrower) table
+            chars = dt.itemsize // (4 if dt.kind == "U" else 1)
+            width = max((len(s) for s in v if s is not None), default=1)
+            dt = np.dtype(f"{dt.kind}{max(width, chars, 1)}")
             v = np.array(["" if s is None else s for s in v], dtype=dt) if n else np.zeros(0, dt)
         else:
             v = values.to_numpy(zero_copy_only=False).astype(dt, copy=False)

@@ -1,0 +1,1 @@
+"""Test and benchmark helpers (data generators). Not imported by the pipeline."""
