@@ -66,6 +66,18 @@ class ReleaseLayout:
         return (self.calib_dir / "sky" / image_dir(image_filename)
                 / f"{image_basename(image_filename)}-splinesky.fits")
 
+    def psfex_single(self, image_filename: str, ccdname: str) -> Path:
+        """legacypipe per-CCD PSF model: ``calib/psfex-single/<imgdir>/<base>/<base>-<ccd>-psfex.fits``."""  # noqa: E501
+        b = image_basename(image_filename)
+        return (self.calib_dir / "psfex-single" / image_dir(image_filename) / b
+                / f"{b}-{ccdname.strip()}-psfex.fits")
+
+    def splinesky_single(self, image_filename: str, ccdname: str) -> Path:
+        """legacypipe per-CCD sky model: ``calib/sky-single/<imgdir>/<base>/<base>-<ccd>-splinesky.fits``."""  # noqa: E501
+        b = image_basename(image_filename)
+        return (self.calib_dir / "sky-single" / image_dir(image_filename) / b
+                / f"{b}-{ccdname.strip()}-splinesky.fits")
+
     @property
     def zpt_dir(self) -> Path:
         return self.survey_dir / "zpt"
@@ -103,6 +115,11 @@ class ReleaseLayout:
         return self.survey_dir / "truth" / "truth.fits"
 
     # -- release dir: per-brick products -------------------------------------
+    @property
+    def image_list(self) -> Path:
+        """The release's image list with per-CCD header footprints (Parquet, a cache)."""
+        return self.release_dir / f"images-{self.name}.parquet"
+
     @property
     def bricklist(self) -> Path:
         return self.release_dir / "bricks.txt"

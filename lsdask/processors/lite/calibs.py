@@ -1,0 +1,315 @@
+"""Lite calibrations: per CCD a sky model and a PSF model, merged per exposure.
+
+Sky: ``sep`` background meshes (box 512 px for full-size CCDs, smaller for small
+ones) with sources masked (detections dilated), sampled on a node grid and
+stored in legacypipe's splinesky format (``gridvals, xgrid, ygrid, x0, y0,
+order, sky_med, sky_john, sig1, percentiles ...``), one row per CCD.
+
+PSF: bright, unsaturated, isolated, compact detections (neighbours masked with the
+segmentation map) are fitted with circular Moffats for their centres, then jointly
+for one beta and a FWHM linear in position (degree 0 with fewer than 15 stars). The
+model is written in the real merged PsfEx format (``psf_mask[3, 63, 63]`` basis for
+a degree-1 polynomial in X_IMAGE, Y_IMAGE; unit sum; ``psf_fwhm`` in pixels), so
+:mod:`lsdask.survey.psfex` reads lite and real models alike. Undersampled images
+(FWHM < 3 px, e.g. the demo's 1"/px) get a pixel-integrated model sampled 5x finer
+(``psf_samp = 0.2``, ``psf_mask[3, 151, 151]``). A CCD without usable stars gets a
+fallback Moffat with the header's FWHM (or 1.3 arcsec) and ``accepted = 0``; the
+summary lists it.
+
+Options (``CalibsOptions``; extra attributes read with defaults): ``force``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import numpy.lib.recfunctions  # noqa: F401 (append_fields)
+
+from ...survey.layout import image_basename
+from ...survey.psfex import PsfExModel, poly_terms, read_psfex_all, write_psfex
+from ...survey.splinesky import SPLINESKY_DTYPE, read_splinesky_all, write_splinesky
+from .ccdio import CcdData, header_float, open_exposure
+from .psfphot import fit_moffat, fit_moffat_shared, moffat_stamp, pixel_oversample
+
+log = logging.getLogger(__name__)
+
+PSF_HALF = 31  # 63 x 63 stamps, as legacypipe's PsfEx models
+LEGPIPEV = "lsdask-lite"
+
+
+def _valid(path, nrows: int | None = None) -> bool:
+    import fitsio
+
+    try:
+        with fitsio.FITS(str(path)) as f:
+            n = f[1].get_nrows()
+        return n > 0 and (nrows is None or n == nrows)
+    except (OSError, ValueError, RuntimeError, IndexError):
+        return False
+
+
+def calibs_done(layout, image_filename: str) -> bool:
+    """Both merged calib files exist and are readable tables."""
+    return _valid(layout.psfex(image_filename)) and _valid(layout.splinesky(image_filename))
+
+
+def _box_size(w: int, h: int) -> int:
+    return int(np.clip(min(w, h) // 4 // 32 * 32, 32, 512))
+
+
+def fit_sky(ccd: CcdData) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Sky image, a splinesky row (as a dict) and the source mask of one CCD."""
+    import sep
+    from scipy.ndimage import binary_dilation
+
+    img, good = ccd.img, ccd.good
+    h, w = img.shape
+    if np.count_nonzero(good) < 0.05 * img.size:
+        raise ValueError("fewer than 5% usable pixels (weight zero or DQ flagged)")
+    box = _box_size(w, h)
+    data = np.ascontiguousarray(img, dtype=np.float64)
+    bad = ~good
+    srcmask = np.zeros_like(bad)
+    if min(w, h) >= 2 * box:
+        bkg = sep.Background(data, mask=bad, bw=box, bh=box, fw=3, fh=3)
+        rms = bkg.rms()
+        try:
+            _, seg = sep.extract(data - bkg.back(), 2.0, err=rms, mask=bad, minarea=5,
+                                 segmentation_map=True)
+            srcmask = binary_dilation(seg > 0, iterations=3)
+        except Exception as e:  # noqa: BLE001 - sep raises plain Exception on overflow
+            log.debug("sep.extract for the sky mask failed: %s", e)
+        bkg = sep.Background(data, mask=bad | srcmask, bw=box, bh=box, fw=3, fh=3)
+        sky = bkg.back().astype(float)
+    else:  # tiny cutouts: a constant sky
+        v = img[good]
+        sky = np.full(img.shape, float(np.median(v)))
+    nx = max(2, math.ceil(w / box) + 1)
+    ny = max(2, math.ceil(h / box) + 1)
+    xg = np.round(np.linspace(0, w - 1, nx)).astype(int)
+    yg = np.round(np.linspace(0, h - 1, ny)).astype(int)
+    gridvals = sky[np.ix_(yg, xg)]
+    use = good & ~srcmask
+    if np.count_nonzero(use) < 100:
+        use = good
+    resid = (img - sky)[use]
+    med = float(np.median(img[use]))
+    mad = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    clip = resid[np.abs(resid) < 3 * mad] if mad > 0 else resid
+    pct = np.percentile(resid, [10, 50, 90])
+    hist, edges = np.histogram(img[use], bins=200, range=(med - 5 * mad, med + 5 * mad + 1e-9))
+    mode = float(0.5 * (edges[np.argmax(hist)] + edges[np.argmax(hist) + 1]))
+    row = dict(gridw=nx, gridh=ny, gridvals=gridvals, xgrid=xg, ygrid=yg, x0=0, y0=0,
+               order=min(3, nx - 1, ny - 1), skyclass="tractor.splinesky.SplineSky",
+               legpipev=LEGPIPEV, sig1=mad, sky_mode=mode, sky_med=med,
+               sky_john=float(med + np.mean(clip)), sky_fmasked=float(np.mean(srcmask)),
+               sky_p10=pct[0], sky_p50=pct[1], sky_p90=pct[2], boxsize=box)
+    return sky, row, srcmask
+
+
+def _star_candidates(ccd: CcdData, sub: np.ndarray, half: int) -> np.ndarray:
+    """Detections that look like bright, isolated, unsaturated point sources."""
+    import sep
+
+    err = np.where(ccd.ivar > 0, 1.0 / np.sqrt(np.maximum(ccd.ivar, 1e-30)), 0.0)
+    data = np.ascontiguousarray(sub, dtype=np.float64)
+    bad = ~ccd.good & ~ccd.saturated
+    try:
+        objs, seg = sep.extract(data, 5.0, err=np.ascontiguousarray(err), mask=bad, minarea=5,
+                                segmentation_map=True)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"source detection failed: {e}") from None
+    if len(objs) == 0:
+        return objs, seg
+    objs = np.lib.recfunctions.append_fields(objs, "segid", np.arange(1, len(objs) + 1),
+                                             usemask=False)
+    h, w = sub.shape
+    sat_level = header_float(ccd.hdr, ("SATURATE", "SATURATA"), np.inf)
+    x, y = objs["x"], objs["y"]
+    keep = (x > half) & (x < w - 1 - half) & (y > half) & (y < h - 1 - half)
+    keep &= objs["peak"] < 0.5 * (sat_level - np.median(ccd.img[ccd.good]))
+    keep &= objs["flag"] == 0
+    snr = objs["flux"] / np.sqrt(np.maximum(objs["npix"], 1)) / np.maximum(np.median(err[err > 0]),
+                                                                           1e-9)
+    keep &= snr > 20
+    # isolation: no detection within the fitting box that is >20% as bright (fainter
+    # neighbours are masked with the segmentation map when fitting)
+    dx = x[:, None] - x[None, :]
+    dy = y[:, None] - y[None, :]
+    near = (np.abs(dx) < half + 4) & (np.abs(dy) < half + 4)
+    np.fill_diagonal(near, False)
+    brightish = objs["flux"][None, :] > 0.2 * objs["flux"][:, None]
+    keep &= ~np.any(near & brightish, axis=1)
+    # saturated pixels nearby
+    for i in np.flatnonzero(keep):
+        ix, iy = int(round(x[i])), int(round(y[i]))
+        if ccd.saturated[iy - half:iy + half + 1, ix - half:ix + half + 1].any():
+            keep[i] = False
+    cand = objs[keep]
+    if len(cand) >= 3:  # compact: stars have the smallest sizes
+        size = np.sqrt(cand["a"] * cand["b"])
+        ref = np.percentile(size, 25)
+        cand = cand[(size > 0.8 * ref) & (size < 1.2 * ref)]
+    return cand[np.argsort(-cand["flux"])][:25], seg
+
+
+def _stamp_ivar(ccd: CcdData, seg: np.ndarray, sl, segid: int) -> np.ndarray:
+    """Inverse variance of a star stamp with other detections masked."""
+    s = seg[sl]
+    return ccd.ivar[sl] * ccd.good[sl] * ((s == 0) | (s == segid))
+
+
+def fit_psf(ccd: CcdData, sub: np.ndarray, pixscale: float) -> tuple[PsfExModel, dict]:
+    """PsfEx-format Moffat model of one CCD from its stars (raises ValueError when none)."""
+    h, w = sub.shape
+    fw_hdr = header_float(ccd.hdr, ("FWHM",), 1.3 / pixscale)
+    half = int(np.clip(math.ceil(2.5 * fw_hdr), 6, 15))
+    cand, seg = _star_candidates(ccd, sub, half)
+    if len(cand) < 3:
+        raise ValueError(f"only {len(cand)} usable PSF stars")
+    ov = pixel_oversample(fw_hdr)
+    fits, pos = [], []
+    for c in cand:
+        ix, iy = int(round(c["x"])), int(round(c["y"]))
+        sl = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
+        f = fit_moffat(sub[sl], _stamp_ivar(ccd, seg, sl, c["segid"]), fwhm0=fw_hdr,
+                       oversample=ov)
+        if f.ok and np.isfinite(f.fwhm) and f.chi2 < 10:
+            fits.append(f)
+            pos.append((ix + f.dx, iy + f.dy, c["segid"]))
+    if len(fits) < 3:
+        raise ValueError(f"only {len(fits)} PSF stars could be fitted")
+    polzero = ((w + 1) / 2.0, (h + 1) / 2.0)
+    polscal = (float(w), float(h))
+    stamps, ivs, offs, uv = [], [], [], []
+    for p in pos[:25]:
+        ix, iy = int(round(p[0])), int(round(p[1]))
+        sl = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
+        stamps.append(sub[sl])
+        ivs.append(_stamp_ivar(ccd, seg, sl, p[2]))
+        offs.append((p[0] - ix, p[1] - iy))
+        uv.append(((p[0] + 1 - polzero[0]) / polscal[0], (p[1] + 1 - polzero[1]) / polscal[1]))
+    deg = 1 if len(stamps) >= 15 else 0
+    f0, fu, fv, beta = fit_moffat_shared(
+        np.array(stamps), np.array(ivs), np.array(offs), float(np.median([f.fwhm for f in fits])),
+        float(np.clip(np.median([f.beta for f in fits]), 2.0, 6.0)),
+        uv=np.array(uv) if deg else None, oversample=ov)
+    coef = np.array([f0, fu, fv])
+    chi = [f.chi2 for f in fits]
+    # PsfEx basis: least squares over a 3x3 grid of positions
+    nodes = [(a, b) for a in (-0.5, 0.0, 0.5) for b in (-0.5, 0.0, 0.5)]
+    T = np.array([poly_terms(a, b, deg) for a, b in nodes])
+    imgs = np.array([_model_image(max(0.5, coef[0] + coef[1] * a + coef[2] * b), beta, ov)
+                     for a, b in nodes])
+    n = imgs.shape[-1]
+    basis, *_ = np.linalg.lstsq(T, imgs.reshape(len(nodes), -1), rcond=None)
+    model = PsfExModel(psf_mask=basis.reshape(-1, n, n),
+                       polzero=polzero, polscal=polscal, poldeg=deg, psf_samp=1.0 / ov,
+                       psf_fwhm=float(coef[0]), ccdname=ccd.ccdname)
+    info = dict(accepted=len(stamps), loaded=len(cand), chi2=float(np.median(chi)) if chi else 0.0,
+                moffat_beta=beta, oversample=ov)
+    return model, info
+
+
+FINE_HALF = 15  # native half-size of finely sampled models (undersampled images)
+
+
+def _model_image(fwhm: float, beta: float, ov: int) -> np.ndarray:
+    """Unit-sum PSF image for the PsfEx basis: 63 x 63 native pixels (``ov == 1``), else the
+    pixel-integrated PSF sampled ``ov`` times finer (PsfEx ``psf_samp = 1/ov``)."""
+    if ov == 1:
+        m = moffat_stamp(fwhm, beta, PSF_HALF)
+        return m / m.sum()
+    from scipy.ndimage import uniform_filter
+
+    fine = moffat_stamp(fwhm * ov, beta, FINE_HALF * ov)  # fine pixels: 1/ov native pixel
+    eff = uniform_filter(fine, size=ov, mode="constant")  # average over one native pixel
+    return eff / eff.sum()
+
+
+def _fallback_psf(ccd: CcdData, pixscale: float) -> PsfExModel:
+    h, w = ccd.img.shape
+    fw = header_float(ccd.hdr, ("FWHM",), 1.3 / pixscale)
+    ov = pixel_oversample(fw)
+    return PsfExModel(psf_mask=_model_image(fw, 3.5, ov)[None],
+                      polzero=((w + 1) / 2, (h + 1) / 2), polscal=(float(w), float(h)),
+                      poldeg=0, psf_samp=1.0 / ov, psf_fwhm=fw, ccdname=ccd.ccdname)
+
+
+def run_calibs(layout, image_filename: str, options=None) -> dict[str, Any]:
+    """Fit sky and PSF models of every CCD of one exposure; write the merged files.
+
+    Skips a valid existing pair unless ``options.force``. Corrupt or missing input
+    raises InputError; a CCD that fails gets a fallback row and is listed in
+    ``failed`` of the returned summary.
+    """
+    t0 = time.time()
+    force = bool(getattr(options, "force", False))
+    if not force and calibs_done(layout, image_filename):
+        return {"image_filename": image_filename, "skipped": True}
+    sky_rows, psfs, extras, failed, fwhms = [], [], [], {}, {}
+    with open_exposure(layout, image_filename) as ex:
+        prim = ex.primary
+        expnum = int(header_float(prim, ("EXPNUM",), 0))
+        meta = dict(plver=str(prim.get("PLVER", "")), plprocid=str(prim.get("PLPROCID", "")),
+                    procdate=str(prim.get("PROCDATE", "")), legpipev=LEGPIPEV)
+        for ext, name in ex.exts:
+            ccd = ex.read_ccd(ext, name)
+            pixscale = ccd.wcs.pixscale or 0.262
+            h, w = ccd.img.shape
+            try:
+                sky, srow, _ = fit_sky(ccd)
+            except ValueError as e:
+                failed[ccd.ccdname] = f"sky: {e}"
+                med = float(np.median(ccd.img)) if ccd.img.size else 0.0
+                sky = np.full(ccd.img.shape, med)
+                srow = dict(gridw=2, gridh=2, gridvals=np.full((2, 2), med),
+                            xgrid=np.array([0, w - 1]), ygrid=np.array([0, h - 1]), x0=0, y0=0,
+                            order=1, sky_med=med, sig1=np.nan, legpipev=LEGPIPEV)
+            srow.update(expnum=expnum, ccdname=ccd.ccdname,
+                        **{k: v for k, v in meta.items() if k != "legpipev"})
+            sky_rows.append(srow)
+            try:
+                if ccd.ccdname in failed:
+                    raise ValueError("no sky model")
+                model, info = fit_psf(ccd, ccd.img - sky, pixscale)
+            except ValueError as e:
+                failed.setdefault(ccd.ccdname, f"psf: {e}")
+                model, info = _fallback_psf(ccd, pixscale), dict(accepted=0, loaded=0, chi2=0.0)
+            model.expnum = expnum
+            psfs.append(model)
+            extras.append(dict(meta, accepted=info["accepted"], loaded=info["loaded"],
+                               chi2=info["chi2"]))
+            fwhms[ccd.ccdname] = float(model.psf_fwhm)
+    gw = max(r["gridw"] for r in sky_rows)
+    gh = max(r["gridh"] for r in sky_rows)
+    table = np.zeros(len(sky_rows), dtype=SPLINESKY_DTYPE(gh, gw))
+    for i, r in enumerate(sky_rows):
+        for k, v in r.items():
+            if k == "gridvals":
+                table["gridvals"][i][: r["gridh"], : r["gridw"]] = v
+            elif k in ("xgrid", "ygrid"):
+                table[k][i][: len(v)] = v
+            elif k in table.dtype.names:
+                table[k][i] = v
+    spath = layout.splinesky(image_filename)
+    ppath = layout.psfex(image_filename)
+    spath.parent.mkdir(parents=True, exist_ok=True)
+    ppath.parent.mkdir(parents=True, exist_ok=True)
+    write_splinesky(spath, table)
+    write_psfex(ppath, psfs, extras)
+    return {"image_filename": image_filename, "skipped": False, "nccd": len(psfs),
+            "failed": failed, "fwhm": fwhms, "seconds": round(time.time() - t0, 3),
+            "psfex": str(ppath), "splinesky": str(spath),
+            "basename": image_basename(image_filename)}
+
+
+def read_calibs(layout, image_filename: str):
+    """(psf models, sky models) of an exposure, dicts keyed by CCD name (merged lite/legacypipe
+    files at the layout paths)."""
+    return read_psfex_all(layout.psfex(image_filename)), read_splinesky_all(
+        layout.splinesky(image_filename))

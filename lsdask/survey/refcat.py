@@ -1,0 +1,163 @@
+"""Reference stars (Gaia chunks, real or simulated) within a footprint. No Dask here.
+
+Chunks are named as legacypipe's Gaia catalogue: ``chunk-%05d.fits`` where the
+number is the HEALPix (nside 32, RING) pixel of the stars it holds. Real Gaia
+columns are kept (``ra, dec, pmra, pmdec, ref_epoch, phot_g_mean_mag,
+phot_bp_mean_mag, phot_rp_mean_mag, *_flux_over_error`` ...). Simulated chunks add
+PS1-like DECam-system magnitudes ``mag_g, mag_r, mag_z`` and errors ``mag_g_err``...
+
+API (stable)::
+
+    healpix_ring(ra, dec, nside=32) -> int array
+    chunk_name(index) -> "chunk-04759.fits"
+    read_refstars(gaia_dir, ra, dec, radius_deg=None, box=None, bands=("g","r","z"))
+        -> structured array: ra, dec, pmra, pmdec, ref_epoch, gaia_g, mag_<b>, mag_<b>_err
+    gaia_to_decam(g, bp, rp, band) -> approximate DECam magnitude (for real Gaia chunks)
+
+Selection is a cone (``ra, dec, radius_deg``) or a box ``(ramin, ramax, decmin,
+decmax)``; every chunk touching the selection is read (found by sampling it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .bricks import radec_in_box
+from .wcs import angular_separation
+
+__all__ = ["healpix_ring", "chunk_name", "read_refstars", "gaia_to_decam", "REFSTAR_DTYPE"]
+
+GAIA_NSIDE = 32
+
+
+def healpix_ring(ra, dec, nside: int = GAIA_NSIDE) -> np.ndarray:
+    """HEALPix RING pixel index of (ra, dec) in degrees (vectorised; Gorski et al. 2005)."""
+    ra = np.atleast_1d(np.asarray(ra, dtype=float))
+    dec = np.atleast_1d(np.asarray(dec, dtype=float))
+    z = np.sin(np.radians(dec))
+    za = np.abs(z)
+    tt = np.mod(np.radians(ra), 2 * np.pi) / (np.pi / 2)
+    pix = np.zeros(z.shape, dtype=np.int64)
+    eq = za <= 2.0 / 3.0
+    t1 = nside * (0.5 + tt[eq])
+    t2 = nside * 0.75 * z[eq]
+    jp = (t1 - t2).astype(np.int64)
+    jm = (t1 + t2).astype(np.int64)
+    ir = nside + 1 + jp - jm
+    kshift = 1 - (ir & 1)
+    ip = np.mod((jp + jm - nside + kshift + 1) // 2, 4 * nside)
+    pix[eq] = 2 * nside * (nside - 1) + (ir - 1) * 4 * nside + ip
+    pc = ~eq
+    tp = tt[pc] - np.floor(tt[pc])
+    tmp = nside * np.sqrt(3 * (1 - za[pc]))
+    jp = (tp * tmp).astype(np.int64)
+    jm = ((1 - tp) * tmp).astype(np.int64)
+    ir = jp + jm + 1
+    ip = np.mod((tt[pc] * ir).astype(np.int64), 4 * ir)
+    npix = 12 * nside * nside
+    pix[pc] = np.where(z[pc] > 0, 2 * ir * (ir - 1) + ip, npix - 2 * ir * (ir + 1) + ip)
+    return pix
+
+
+def chunk_name(index: int) -> str:
+    return f"chunk-{int(index):05d}.fits"
+
+
+REFSTAR_DTYPE = np.dtype([("ra", "f8"), ("dec", "f8"), ("pmra", "f4"), ("pmdec", "f4"),
+                          ("ref_epoch", "f4"), ("gaia_g", "f4"),
+                          ("mag_g", "f4"), ("mag_g_err", "f4"), ("mag_r", "f4"),
+                          ("mag_r_err", "f4"), ("mag_z", "f4"), ("mag_z_err", "f4")])
+
+# Rough Gaia -> DECam colour terms (quadratic in BP-RP). NOT validated against PS1 or
+# legacypipe's transformations: zeropoints from real Gaia-only chunks are indicative only.
+_GAIA_DECAM = {"g": (0.07, 0.47, 0.04), "r": (-0.05, -0.05, -0.08), "z": (-0.05, -0.53, 0.02)}
+
+
+def gaia_to_decam(g, bp, rp, band: str) -> np.ndarray:
+    """Approximate DECam ``band`` magnitude of stars from Gaia G, BP, RP."""
+    c = np.asarray(bp, dtype=float) - np.asarray(rp, dtype=float)
+    a0, a1, a2 = _GAIA_DECAM[band]
+    return np.asarray(g, dtype=float) + a0 + a1 * c + a2 * c * c
+
+
+def _sample_points(ra, dec, radius_deg, box):
+    if box is not None:
+        ramin, ramax, decmin, decmax = box
+        span = (ramax - ramin) % 360 if ramax != ramin else 360.0
+        rr = np.mod(ramin + np.linspace(0, span, 24), 360)
+        dd = np.linspace(decmin, decmax, 24)
+        R, D = np.meshgrid(rr, dd)
+        return R.ravel(), D.ravel()
+    n = 12
+    t = np.linspace(0, 2 * np.pi, 36)
+    rs = np.linspace(0, radius_deg, n)
+    R = [ra]
+    D = [dec]
+    for r in rs[1:]:
+        D.extend(np.clip(dec + r * np.sin(t), -90, 90))
+        R.extend(ra + r * np.cos(t) / max(np.cos(np.radians(dec)), 1e-3))
+    return np.mod(np.array(R), 360), np.array(D)
+
+
+def read_refstars(gaia_dir: str | os.PathLike, ra: float | None = None, dec: float | None = None,
+                  radius_deg: float | None = None,
+                  box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """Reference stars in a cone or box, as :data:`REFSTAR_DTYPE` rows.
+
+    Real Gaia chunks give approximate DECam magnitudes through :func:`gaia_to_decam`
+    (errors from the flux-over-error columns plus 0.02 mag); NaN where unknown.
+    """
+    gaia_dir = Path(gaia_dir)
+    if box is None and (ra is None or dec is None or radius_deg is None):
+        raise ValueError("read_refstars needs ra, dec, radius_deg or box")
+    sr, sd = _sample_points(ra, dec, radius_deg, box)
+    chunks = sorted(set(healpix_ring(sr, sd).tolist()))
+    parts = []
+    import fitsio
+
+    for c in chunks:
+        p = gaia_dir / chunk_name(c)
+        if not p.exists():
+            continue
+        try:
+            with fitsio.FITS(str(p)) as f:
+                if len(f) < 2 or f[1].get_nrows() == 0:
+                    continue
+                d = f[1].read()
+        except (OSError, ValueError) as e:
+            raise InputError(f"{p}: cannot read reference chunk: {e}") from None
+        d.dtype.names = tuple(n.lower() for n in d.dtype.names)
+        if box is not None:
+            keep = radec_in_box(d["ra"], d["dec"], *box)
+        else:
+            keep = angular_separation(ra, dec, d["ra"], d["dec"]) <= radius_deg
+        d = d[keep]
+        out = np.zeros(len(d), dtype=REFSTAR_DTYPE)
+        names = set(d.dtype.names)
+        for k in ("ra", "dec", "pmra", "pmdec", "ref_epoch"):
+            if k in names:
+                out[k] = np.nan_to_num(d[k])
+        if "ref_epoch" not in names:
+            out["ref_epoch"] = 2015.5
+        out["gaia_g"] = d["phot_g_mean_mag"] if "phot_g_mean_mag" in names else np.nan
+        for b in ("g", "r", "z"):
+            if f"mag_{b}" in names:
+                out[f"mag_{b}"] = d[f"mag_{b}"]
+                out[f"mag_{b}_err"] = d[f"mag_{b}_err"]
+            elif {"phot_g_mean_mag", "phot_bp_mean_mag", "phot_rp_mean_mag"} <= names:
+                out[f"mag_{b}"] = gaia_to_decam(d["phot_g_mean_mag"], d["phot_bp_mean_mag"],
+                                                d["phot_rp_mean_mag"], b)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    e = 1.0857 / np.asarray(d["phot_g_mean_flux_over_error"], dtype=float)
+                out[f"mag_{b}_err"] = np.hypot(np.nan_to_num(e, nan=0.05), 0.02)
+            else:
+                out[f"mag_{b}"] = np.nan
+                out[f"mag_{b}_err"] = np.nan
+        parts.append(out)
+    if not parts:
+        return np.zeros(0, dtype=REFSTAR_DTYPE)
+    return np.concatenate(parts)
