@@ -92,6 +92,8 @@ class RunbrickOptions:
     force: bool = False
     timeout: float = 4 * 3600.0
     max_retries: int = 3
+    zoom: list[int] | None = None  # [x0, x1, y0, y1] of the brick grid (legacypipe --zoom)
+    resample_kernel: str = "lanczos3"  # or "spline3" (scipy cubic spline, faster)
 
 
 @dataclass

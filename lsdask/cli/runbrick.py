@@ -1,0 +1,108 @@
+"""``lsdask runbrick --brick NAME``: process one brick (as legacypipe's runbrick).
+
+Either a release CONFIG (layout, bands, release number, processor and
+``[stages.runbrick]`` options) or ``--survey-dir`` / ``--outdir`` / ``--ccds``;
+command-line options override the config's. Prints a JSON summary on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import UsageError
+
+log = logging.getLogger("lsdask.runbrick")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "runbrick", help="process one brick: coadds, detection, photometry, tractor catalogue",
+        description="Run the brick processor on one brick from a release CONFIG or from "
+        "--survey-dir/--outdir/--ccds (legacypipe runbrick style). Prints a JSON summary.")
+    p.add_argument("config", nargs="?", type=Path, help="release TOML (optional)")
+    p.add_argument("--brick", required=True, help="brick name, e.g. 1804p325")
+    p.add_argument("--survey-dir", type=Path, help="LEGACY_SURVEY_DIR (inputs)")
+    p.add_argument("--outdir", "-d", type=Path, help="output (release) directory")
+    p.add_argument("--ccds", nargs="+", type=Path, metavar="FILE",
+                   help="survey-ccds file(s) (default: the layout's, else survey-ccds-*.fits.gz "
+                   "in the survey dir)")
+    p.add_argument("--bands", help="bands, e.g. grz (default: config bands, else grz)")
+    p.add_argument("--release", type=int, help="tractor release number (default 9999)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--width", "-W", type=int)
+    p.add_argument("--height", "-H", type=int)
+    p.add_argument("--pixscale", type=float)
+    p.add_argument("--nsigma", type=float)
+    p.add_argument("--zoom", type=int, nargs=4, metavar=("X0", "X1", "Y0", "Y1"))
+    p.add_argument("--resample-kernel", choices=("lanczos3", "spline3"))
+    p.add_argument("--memory-limit-gb", type=float)
+    p.add_argument("--keep-checkpoints", action="store_true", default=None)
+    p.add_argument("--force", action="store_true", default=None,
+                   help="rerun even when the tractor catalogue exists")
+    p.set_defaults(func=run)
+
+
+def _find_ccds(survey_dir: Path) -> list[Path]:
+    found = sorted(survey_dir.glob("survey-ccds-*.fits*"))
+    fits = [f for f in found if not f.name.endswith(".kd.fits")]
+    return fits or found
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import RunbrickOptions, load_config
+    from ..processors import get_processor
+    from ..survey.ccds import read_ccds
+    from ..survey.layout import ReleaseLayout
+
+    cfg = load_config(args.config) if args.config else None
+    if cfg is not None:
+        layout = cfg.layout
+        if args.survey_dir or args.outdir:
+            layout = ReleaseLayout(args.survey_dir or layout.survey_dir,
+                                   args.outdir or layout.release_dir, layout.name)
+        options = dataclasses.replace(cfg.stages.runbrick)
+        bands = cfg.bands
+        release = cfg.release.release
+        processor = cfg.release.processor
+        config_hash = cfg.hash()
+    else:
+        if not args.survey_dir:
+            raise UsageError("give a release CONFIG or --survey-dir")
+        layout = ReleaseLayout(args.survey_dir, args.outdir)
+        options = RunbrickOptions()
+        bands = ["g", "r", "z"]
+        release, processor, config_hash = 9999, "lite", ""
+    for opt in ("threads", "width", "height", "pixscale", "nsigma", "zoom", "resample_kernel",
+                "memory_limit_gb", "keep_checkpoints", "force"):
+        v = getattr(args, opt)
+        if v is not None:
+            setattr(options, opt, v)
+    if args.width is not None and args.height is None:
+        options.height = args.width
+    if args.bands:
+        bands = list(args.bands.replace(",", ""))
+    if args.release is not None:
+        release = args.release
+    paths = args.ccds
+    if not paths:
+        paths = [layout.survey_ccds] if layout.survey_ccds.exists() else _find_ccds(
+            layout.survey_dir)
+        if not paths:
+            raise UsageError(f"no survey-ccds file in {layout.survey_dir}; give --ccds FILE")
+    proc = get_processor(processor)
+    if not options.force and proc.runbrick_done(layout, args.brick):
+        log.info("brick %s is done (%s); use --force to rerun", args.brick,
+                 layout.tractor(args.brick))
+        print(json.dumps({"brick": args.brick, "skipped": True}))
+        return 0
+    ccds = read_ccds(paths)
+    res = proc.run_runbrick(layout, args.brick, ccds, bands, options, release=release,
+                            config_hash=config_hash)
+    json.dump(res, sys.stdout, default=str)
+    sys.stdout.write("\n")
+    return 0

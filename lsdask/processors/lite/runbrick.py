@@ -1,0 +1,528 @@
+"""The lite runbrick: coadds, detection, forced photometry and a DR9-format catalogue per brick.
+
+Steps (``run_runbrick``):
+
+1. select the CCDs that touch the brick (``ccd_cuts == 0``, requested bands);
+2. estimate the memory; :class:`~lsdask.processors.BrickMemoryError` above
+   ``options.memory_limit_gb``;
+3. per CCD (in a thread pool of ``options.threads``): read only the overlap,
+   subtract the spline sky, scale to nanomaggies, resample onto the brick grid
+   (:mod:`.resample`); accumulate inverse-variance coadds in table order
+   (:mod:`.coadd`); checkpoint the coadds;
+4. detect on a flat-SED matched-filter S/N map (:mod:`.detect`);
+5. forced PSF photometry on every CCD (threads again; the calibrated CCD pixels are
+   kept in memory from step 3 when the memory limit allows, as legacypipe keeps its
+   tims, else read again, e.g. after resuming) and aperture photometry on the coadds
+   (:mod:`.photometry`);
+6. write the coadds, maskbits, depth histograms, ccds table, JPEG, blob map,
+   then the tractor catalogue and ``brick-<brick>.sha256sum`` (:mod:`.brickio`).
+
+This is not legacypipe's runbrick: no Tractor model fitting, no galaxy
+profiles, no WISE forced photometry, no Gaia/Tycho reference sources, no dust
+map (``ebv`` is 0 and ``mw_transmission`` 1; header ``EBVMAP = 'none'``).
+
+Test hook: with environment variable ``LSDASK_RUNBRICK_TEST_KILL_AFTER=coadds``
+the process SIGKILLs itself right after writing the coadds checkpoint (used by
+the resume test; never set it in production).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ... import __version__
+from ...errors import ConfigError, InputError
+from ...survey.bricks import Brick, brick_grid
+from ...survey.layout import ReleaseLayout
+from ...survey.tractor import OPTICAL_BANDS, empty_tractor, validate_tractor, write_tractor
+from ...survey.wcs import TanWCS
+from .. import BrickMemoryError
+from . import brickio, checkpoint
+from .ccdimage import CcdImage, overlap_box, read_ccd_image
+from .coadd import BandCoadd, resample_ccd
+from .detect import Detections, detect
+from .photometry import (
+    AP_RADII,
+    BandAccum,
+    accumulate,
+    aperture_phot,
+    band_results,
+    fiber_fraction,
+    forced_phot_ccd,
+    fracflux,
+    gaussian_model_image,
+    half_light_radius,
+)
+
+log = logging.getLogger(__name__)
+
+KILL_ENV = "LSDASK_RUNBRICK_TEST_KILL_AFTER"
+DEFAULT_KERNEL = "lanczos3"
+#: Coadd kinds written per band -> key in the band's coadd dict.
+COADD_PRODUCTS = {"image": "image", "invvar": "invvar", "nexp": "nexp", "depth": "psfdepth",
+                  "galdepth": "galdepth", "psfsize": "psfsize", "model": "model", "chi2": "chi2"}
+#: Half-light radius ratio (source / PSF) above which a source is typed REX.
+REX_RATIO = 1.3
+REX_MIN_SNR = 30.0
+#: Radius (in PSF sigmas) within which half-light radii are compared (robust to wings,
+#: neighbours and sky residuals).
+REX_RMAX = 3.0
+
+
+def _s(v) -> str:
+    return v.decode().strip() if isinstance(v, bytes) else str(v).strip()
+
+
+def runbrick_done(layout: ReleaseLayout, brickname: str) -> bool:
+    """True when the brick's tractor catalogue and sha256sum exist and the catalogue validates."""
+    path = layout.tractor(brickname)
+    if not path.is_file() or not layout.sha256sum(brickname).is_file():
+        return False
+    try:
+        validate_tractor(path, brickname)
+    except InputError as e:
+        log.warning("%s", e)
+        return False
+    return True
+
+
+def brick_wcs(brick: Brick, options) -> TanWCS:
+    """The brick's pixel grid (``width x height`` at ``pixscale``), or the ``zoom``
+    [x0, x1, y0, y1] sub-grid of it (0-based, half-open; as legacypipe's ``--zoom``)."""
+    wcs = brick.wcs(int(options.width), int(options.height), float(options.pixscale))
+    zoom = getattr(options, "zoom", None)
+    if zoom:
+        x0, x1, y0, y1 = (int(v) for v in zoom)
+        if not (0 <= x0 < x1 <= wcs.width and 0 <= y0 < y1 <= wcs.height):
+            raise ConfigError(f"zoom {list(zoom)} is outside the {wcs.width}x{wcs.height} "
+                              "brick grid")
+        wcs = dataclasses.replace(wcs, crpix1=wcs.crpix1 - x0, crpix2=wcs.crpix2 - y0,
+                                  width=x1 - x0, height=y1 - y0)
+    return wcs
+
+
+# -- CCD selection and memory ------------------------------------------------------------
+def select_ccds(ccds: np.ndarray, brick_wcs, bands) -> np.ndarray:
+    """Rows of ``ccds`` to use: ``ccd_cuts == 0``, band requested, touching the brick grid."""
+    names = ccds.dtype.names
+    keep = np.ones(len(ccds), bool)
+    if "ccd_cuts" in names:
+        keep &= ccds["ccd_cuts"] == 0
+    filt = np.array([_s(f) for f in ccds["filter"]]) if len(ccds) else np.zeros(0, "U1")
+    keep &= np.isin(filt, list(bands))
+    idx = [i for i in np.flatnonzero(keep) if overlap_box(ccds[i], brick_wcs) is not None]
+    return ccds[np.array(idx, dtype=int)]
+
+
+def cache_bytes(brick_wcs, ccds: np.ndarray) -> float:
+    """Bytes to keep every CCD's calibrated overlap (image, ivar, dq) in memory."""
+    total = 0
+    for c in ccds:
+        box = overlap_box(c, brick_wcs)
+        if box is not None:
+            x0, x1, y0, y1 = box[1]
+            total += (x1 - x0) * (y1 - y0) * 10
+    return float(total)
+
+
+def estimate_memory(brick_wcs, ccds: np.ndarray, nbands: int, threads: int) -> float:
+    """Rough peak memory (bytes): per-band coadd arrays plus per-thread CCD work buffers."""
+    npix = brick_wcs.width * brick_wcs.height
+    ccdpix = 0
+    for c in ccds:
+        box = overlap_box(c, brick_wcs)
+        if box is not None:
+            bx0, bx1, by0, by1 = box[0]
+            ccdpix = max(ccdpix, (bx1 - bx0) * (by1 - by0))
+    per_band = 56  # bytes/pixel: accumulators, finished coadds, detection, model
+    per_ccd_pixel = 90  # reads, calibrated copies, maps, resampled outputs
+    return 300e6 + npix * (nbands * per_band + 24) + threads * ccdpix * per_ccd_pixel
+
+
+# -- main -----------------------------------------------------------------------------------
+def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
+                 options, release: int = 9999, config_hash: str = "") -> dict[str, Any]:
+    """Process one brick; returns a small summary dict (see module docstring)."""
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    brick = brick_grid().brick(brickname)
+    bands = tuple(bands)
+    wcs = brick_wcs(brick, options)
+    threads = max(1, int(options.threads))
+    kernel = getattr(options, "resample_kernel", DEFAULT_KERNEL) or DEFAULT_KERNEL
+    if getattr(options, "force", False):
+        layout.tractor(brickname).unlink(missing_ok=True)
+
+    sel = select_ccds(ccds, wcs, bands)
+    timings["select"] = time.time() - t0
+    if len(sel) == 0:
+        raise InputError(f"brick {brickname}: no usable CCD (ccd_cuts == 0, bands "
+                         f"{','.join(bands)}) touches it")
+    need = estimate_memory(wcs, sel, len(bands), threads)
+    limit = getattr(options, "memory_limit_gb", None)
+    if limit is not None and need > float(limit) * 1e9:
+        raise BrickMemoryError(f"brick {brickname}: estimated memory {need / 1e9:.2f} GB exceeds "
+                               f"the limit {float(limit):.2f} GB with {threads} threads")
+
+    key = checkpoint.checkpoint_key(
+        brick=brickname, version=__version__, kernel=kernel, bands=bands, grid=wcs.params,
+        size=(wcs.width, wcs.height),
+        ccds=[(_s(c["image_filename"]), int(c["image_hdu"]), float(c["ccdzpt"]))
+              for c in sel])
+    ckpath = layout.checkpoint(brickname)
+    resumed = None
+    images = None
+    # keep the calibrated CCD pixels for forced photometry (as legacypipe keeps its tims)
+    # unless that would break the memory limit; else they are read again
+    cache = cache_bytes(wcs, sel)
+    keep_images = limit is None or need + cache <= float(limit) * 1e9
+    if keep_images:
+        need += cache
+    got = checkpoint.load(ckpath, key)
+    if got is not None:
+        resumed, payload = got
+        coadds = payload["coadds"]
+        log.info("brick %s: resuming from checkpoint %s (%s)", brickname, ckpath, resumed)
+    else:
+        t = time.time()
+        coadds, images = make_coadds(layout, sel, wcs, bands, kernel, threads, keep_images)
+        timings["coadds"] = time.time() - t
+        t = time.time()
+        checkpoint.save(ckpath, key, "coadds", {"coadds": coadds})
+        timings["checkpoint"] = time.time() - t
+        if os.environ.get(KILL_ENV) == "coadds":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    t = time.time()
+    det = detect(coadds, wcs.pixscale, float(options.nsigma))
+    timings["detect"] = time.time() - t
+    t = time.time()
+    cat, models = measure(layout, brick, wcs, sel, coadds, det, bands, kernel, threads, images)
+    del images
+    timings["photometry"] = time.time() - t
+    t = time.time()
+    uniq = unique_pixels(brick, wcs)
+    maskbits = make_maskbits(uniq, coadds)
+    iy = np.clip(np.rint(cat["by"]).astype(int), 0, wcs.height - 1)
+    ix = np.clip(np.rint(cat["bx"]).astype(int), 0, wcs.width - 1)
+    cat["maskbits"] = maskbits[iy, ix]
+    cat["release"] = release
+    products = write_products(layout, brick, wcs, sel, coadds, models, maskbits, det, uniq,
+                              threads=threads)
+    hdr = tractor_header(brick, release, config_hash, kernel)
+    with brickio.atomic_path(layout.tractor(brickname)) as tmp:
+        write_tractor(tmp, cat, header={"EXTNAME": "CATALOG"}, primary_header=hdr)
+        text = brickio.sha256_lines(products, layout.release_dir)
+        rel = layout.tractor(brickname).resolve().relative_to(layout.release_dir.resolve())
+        text += f"{brickio.sha256_file(tmp)}  {rel}\n"
+        brickio.write_sha256sum(layout, brickname, text)
+    timings["write"] = time.time() - t
+    if not getattr(options, "keep_checkpoints", False):
+        checkpoint.remove(ckpath)
+    timings["total"] = time.time() - t0
+    return {"brick": brickname, "nsources": int(len(cat)),
+            "nprimary": int(cat["brick_primary"].sum()), "nccds": int(len(sel)),
+            "bands": list(bands), "threads": threads, "resumed_from": resumed,
+            "memory_estimate_gb": round(need / 1e9, 3), "images_kept": bool(keep_images),
+            "timings": timings,
+            "tractor": str(layout.tractor(brickname))}
+
+
+# -- coadds ---------------------------------------------------------------------------------
+def _load_and_resample(layout, sel, i, wcs, kernel):
+    im = read_ccd_image(layout, sel[i], i, wcs)
+    if im is None:
+        return None
+    return im, resample_ccd(im, kernel)
+
+
+def make_coadds(layout: ReleaseLayout, sel: np.ndarray, wcs, bands, kernel: str,
+                threads: int, keep_images: bool = False
+                ) -> tuple[dict[str, dict[str, np.ndarray]], list | None]:
+    """Per-band coadd images (bands without any CCD are left out), and the calibrated CCD
+    images when ``keep_images``."""
+    shape = (wcs.height, wcs.width)
+    acc = {b: BandCoadd(b, shape) for b in bands}
+    used = set()
+    images: list | None = [] if keep_images else None
+    with ThreadPoolExecutor(threads) as pool:
+        for out in pool.map(lambda i: _load_and_resample(layout, sel, i, wcs, kernel),
+                            range(len(sel))):
+            if out is None:
+                continue
+            im, r = out
+            acc[r.band].add(r)
+            used.add(r.band)
+            if images is not None:
+                images.append(im)
+    return {b: acc[b].finish() for b in bands if b in used}, images
+
+
+# -- measurement ----------------------------------------------------------------------------
+def _phot_one(layout, sel, i, wcs, ra, dec):
+    im: CcdImage | None = read_ccd_image(layout, sel[i], i, wcs)
+    if im is None:
+        return None
+    return forced_phot_ccd(im, ra, dec)
+
+
+def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kernel: str,
+            threads: int, images: list | None = None
+            ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    """The tractor catalogue of the detections, and per-band model/chi2 images."""
+    n = len(det)
+    order = np.lexsort((det.x, det.y))
+    x, y = det.x[order], det.y[order]
+    ra, dec = wcs.pixel_to_radec(x + 1.0, y + 1.0)
+    cat = empty_tractor(n)
+    cat["brickid"] = brick.brickid
+    cat["brickname"] = brick.brickname.encode()
+    cat["objid"] = np.arange(n, dtype=np.int32)
+    cat["ra"], cat["dec"] = ra, dec
+    cat["bx"], cat["by"] = x, y
+    cat["brick_primary"] = brick.contains(ra, dec)
+    accs = {b: BandAccum(n) for b in coadds}
+    if n:
+        if images is not None:
+            def job(im):
+                return forced_phot_ccd(im, ra, dec)
+            items = images
+        else:
+            def job(i):
+                return _phot_one(layout, sel, i, wcs, ra, dec)
+            items = range(len(sel))
+        with ThreadPoolExecutor(threads) as pool:
+            for ph in pool.map(job, items):
+                if ph is not None and ph.band in accs:
+                    accumulate(accs[ph.band], ph)
+    pixscale = wcs.pixscale
+    ix = np.clip(np.rint(x).astype(int), 0, wcs.width - 1)
+    iy = np.clip(np.rint(y).astype(int), 0, wcs.height - 1)
+    mjd_min = np.full(n, np.inf)
+    mjd_max = np.full(n, -np.inf)
+    snr2 = np.zeros(n)
+    best_snr = np.zeros(n)
+    best_band = np.full(n, "", dtype="U2")
+    models = {}
+    for b, c in coadds.items():
+        res = band_results(accs[b])
+        if b not in OPTICAL_BANDS:
+            log.warning("band %s has no DR9 tractor columns; measured but not written", b)
+        psfsize = c["psfsize"][iy, ix]
+        sig_pix = np.where(psfsize > 0, psfsize, np.median(c["psfsize"][c["invvar"] > 0]))
+        sig_pix = sig_pix / pixscale / 2.3548
+        model = gaussian_model_image(c["image"].shape, x, y, res["flux"], sig_pix)
+        with np.errstate(invalid="ignore"):
+            chi2 = ((c["image"] - model) ** 2 * c["invvar"]).astype(np.float32)
+        models[b] = {"model": model, "chi2": chi2}
+        snr = res["flux"] * np.sqrt(res["flux_ivar"])
+        snr2 += np.where(res["flux_ivar"] > 0, res["flux"] ** 2 * res["flux_ivar"], 0)
+        better = snr > best_snr
+        best_snr = np.where(better, snr, best_snr)
+        best_band = np.where(better, b, best_band)
+        mjd_min = np.minimum(mjd_min, res["mjd_min"])
+        mjd_max = np.maximum(mjd_max, res["mjd_max"])
+        if b not in OPTICAL_BANDS:
+            continue
+        cat[f"flux_{b}"] = res["flux"]
+        cat[f"flux_ivar_{b}"] = res["flux_ivar"]
+        for k in ("rchisq", "fracmasked", "nobs", "anymask", "allmask"):
+            cat[f"{k}_{b}"] = res[k]
+        cat[f"fracflux_{b}"] = fracflux(x, y, res["flux"], sig_pix)
+        cat[f"psfsize_{b}"] = psfsize
+        cat[f"psfdepth_{b}"] = c["psfdepth"][iy, ix]
+        cat[f"galdepth_{b}"] = c["galdepth"][iy, ix]
+        nea = 4 * np.pi * (sig_pix * pixscale) ** 2 * (psfsize > 0)
+        cat[f"nea_{b}"] = nea
+        cat[f"blob_nea_{b}"] = nea
+        cat[f"fracin_{b}"] = np.where(res["flux_ivar"] > 0, 1.0, 0.0)
+        ap = aperture_phot(c["image"], c["invvar"], model, x, y, pixscale)
+        for k, v in ap.items():
+            cat[f"{k}_{b}"] = v
+        cat[f"apflux_blobresid_{b}"] = ap["apflux_resid"]
+        models[b]["sig_pix"] = sig_pix
+        models[b]["flux"] = res["flux"]
+    cat["mjd_min"] = np.where(np.isfinite(mjd_min), mjd_min, 0)
+    cat["mjd_max"] = np.where(np.isfinite(mjd_max), mjd_max, 0)
+
+    # type: REX when the half-light radius clearly exceeds the PSF's in the best band
+    rex = np.zeros(n, bool)
+    shape_r = np.zeros(n, np.float32)
+    saturated = np.zeros(n, bool)
+    for c in coadds.values():
+        saturated |= c["satur"][iy, ix]
+    for b in models:
+        if b not in OPTICAL_BANDS or "sig_pix" not in models[b]:
+            continue
+        m = (best_band == b) & (best_snr > REX_MIN_SNR)
+        if not m.any():
+            continue
+        sig = models[b]["sig_pix"][m]
+        r50 = half_light_radius(coadds[b]["image"], coadds[b]["invvar"], x[m], y[m],
+                                REX_RMAX * sig)
+        r50_psf = float(coadds[b]["psf_r50"]) / pixscale
+        if not r50_psf > 0:
+            continue
+        res_m = (np.isfinite(r50) & (r50 > REX_RATIO * r50_psf)
+                 & (cat[f"fracflux_{b}"][m] < 0.2) & ~saturated[m])
+        idx = np.flatnonzero(m)[res_m]
+        rex[idx] = True
+        shape_r[idx] = np.sqrt(r50[res_m] ** 2 - r50_psf ** 2) * pixscale
+    cat["type"] = np.where(rex, b"REX", b"PSF")
+    cat["shape_r"] = shape_r
+    dchisq = np.zeros((n, 5), np.float32)
+    dchisq[:, 0] = snr2
+    dchisq[:, 1] = np.where(rex, snr2 * 1.01, snr2 * 0.99)
+    cat["dchisq"] = dchisq
+    # positional uncertainty ~ sigma_psf / SNR per axis
+    fw = np.zeros(n)
+    for b in OPTICAL_BANDS:
+        if b in coadds:
+            fw = np.maximum(fw, cat[f"psfsize_{b}"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sig_pos_deg = (fw / 2.3548) / np.sqrt(np.maximum(snr2, 1e-12)) / 3600.0
+        pos_iv = np.where((fw > 0) & (snr2 > 0), 1.0 / sig_pos_deg ** 2, 0)
+    cat["ra_ivar"] = pos_iv
+    cat["dec_ivar"] = pos_iv
+    for b in OPTICAL_BANDS:
+        if b not in coadds:
+            continue
+        sig_src = np.where(rex, shape_r / 1.678, 0.0)  # rough Gaussian-equivalent size
+        ff = fiber_fraction(sig_src)
+        cat[f"fiberflux_{b}"] = cat[f"flux_{b}"] * ff
+        cat[f"fibertotflux_{b}"] = cat[f"flux_{b}"] * ff * (1 + cat[f"fracflux_{b}"])
+    return cat, models
+
+
+# -- products -------------------------------------------------------------------------------
+def make_maskbits(uniq: np.ndarray, coadds) -> np.ndarray:
+    """DR9-style maskbits image: NPRIMARY outside the brick, SATUR_b, ALLMASK_b."""
+    mb = np.where(uniq, 0, brickio.MASKBITS["NPRIMARY"]).astype(np.int16)
+    for b, c in coadds.items():
+        if f"SATUR_{b.upper()}" in brickio.MASKBITS:
+            mb[c["satur"]] |= brickio.MASKBITS[f"SATUR_{b.upper()}"]
+            mb[c["allmask"]] |= brickio.MASKBITS[f"ALLMASK_{b.upper()}"]
+    return mb
+
+
+def unique_pixels(brick: Brick, wcs, step: int = 64) -> np.ndarray:
+    """Brick pixels inside the brick's RA/Dec bounds (its own, unique area).
+
+    RA/Dec are evaluated every ``step`` pixels and interpolated bilinearly (errors far
+    below a pixel on a TAN grid this small)."""
+    from .resample import _interp_matrix
+
+    gx = np.unique(np.r_[np.arange(0, wcs.width, step), wcs.width - 1]).astype(float)
+    gy = np.unique(np.r_[np.arange(0, wcs.height, step), wcs.height - 1]).astype(float)
+    if len(gx) < 2 or len(gy) < 2:
+        yy, xx = np.mgrid[0:wcs.height, 0:wcs.width]
+        return brick.contains(*wcs.pixel_to_radec(xx + 1.0, yy + 1.0))
+    GX, GY = np.meshgrid(gx + 1, gy + 1)
+    ra, dec = wcs.pixel_to_radec(GX, GY)
+    ra = np.unwrap(np.deg2rad(ra), axis=1)  # no jump at RA 0/360 inside the grid
+    mx, my = _interp_matrix(wcs.width, gx), _interp_matrix(wcs.height, gy)
+    ra_full = np.rad2deg(my @ ra @ mx.T)
+    dec_full = my @ dec @ mx.T
+    return brick.contains(ra_full, dec_full)
+
+
+def write_products(layout: ReleaseLayout, brick: Brick, wcs, sel, coadds, models, maskbits,
+                   det: Detections, uniq: np.ndarray, threads: int = 1) -> list[Path]:
+    """Every per-brick product except the tractor file and the sha256sum."""
+    name = brick.brickname
+    jobs = []
+    for b, c in coadds.items():
+        for kind, keyname in COADD_PRODUCTS.items():
+            arr = models[b][keyname] if keyname in ("model", "chi2") else c[keyname]
+            extra = {"BAND": b, "BRICKNAM": name, "IMTYPE": kind}
+            jobs.append((layout.coadd(name, kind, b), arr, extra, False))
+    jobs.append((layout.coadd(name, "maskbits.fits.fz"), maskbits,
+                 {"BRICKNAM": name, **{f"MB_{k}"[:8]: v for k, v in brickio.MASKBITS.items()}},
+                 True))
+
+    paths = _write_images(jobs, wcs, threads)
+    depth = brickio.depth_table(coadds, uniq, tuple(dict.fromkeys(OPTICAL_BANDS + tuple(coadds))))
+    paths.append(brickio.write_table(layout.coadd(name, "depth.fits"), depth,
+                                     {"BRICKNAM": name}))
+    ccdtab = ccds_table(sel, wcs)
+    paths.append(brickio.write_table(layout.coadd(name, "ccds.fits"), ccdtab,
+                                     {"BRICKNAM": name}, extname="CCDS"))
+    paths.append(brickio.rgb_jpeg(layout.coadd(name, "image.jpg"), coadds))
+    paths.append(brickio.write_blobs(layout.blobs(name), det.segmap, wcs))
+    return paths
+
+
+_WRITE_JOBS: list = []
+
+
+def _write_job(i: int) -> Path:
+    path, arr, extra, lossless, wcs = _WRITE_JOBS[i]
+    return brickio.write_image(path, arr, wcs, extra, lossless=lossless)
+
+
+def _write_images(jobs: list, wcs, threads: int) -> list[Path]:
+    """Write the compressed images; with several threads, in forked worker processes (the
+    FITS compression holds the GIL, so threads would not help; forked children inherit the
+    arrays without copying them)."""
+    global _WRITE_JOBS
+    _WRITE_JOBS = [(*j, wcs) for j in jobs]
+    try:
+        if threads > 1 and len(jobs) > 1 and "fork" in mp.get_all_start_methods():
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(threads, mp_context=mp.get_context("fork")) as pool:
+                return list(pool.map(_write_job, range(len(jobs))))
+        return [_write_job(i) for i in range(len(jobs))]
+    finally:
+        _WRITE_JOBS = []
+
+
+def ccds_table(sel: np.ndarray, wcs) -> np.ndarray:
+    """The brick's CCDs with DR9's ``ccd_x0, ccd_y0, ccd_x1, ccd_y1`` overlap box added."""
+    extra = [("ccd_x0", "i2"), ("ccd_y0", "i2"), ("ccd_x1", "i2"), ("ccd_y1", "i2")]
+    out = np.zeros(len(sel), dtype=sel.dtype.descr + extra)
+    for n in sel.dtype.names:
+        out[n] = sel[n]
+    for i, c in enumerate(sel):
+        box = overlap_box(c, wcs)
+        if box is not None:
+            x0, x1, y0, y1 = box[1]
+            out["ccd_x0"][i], out["ccd_x1"][i] = x0, x1
+            out["ccd_y0"][i], out["ccd_y1"][i] = y0, y1
+    return out
+
+
+def _dependency_versions() -> list[tuple[str, str]]:
+    import fitsio
+    import scipy
+    import sep
+
+    return [("lsdask", __version__), ("numpy", np.__version__), ("scipy", scipy.__version__),
+            ("fitsio", fitsio.__version__), ("sep", sep.__version__)]
+
+
+def tractor_header(brick: Brick, release: int, config_hash: str, kernel: str) -> dict:
+    hdr: dict[str, Any] = {
+        "BRICKNAM": brick.brickname, "BRICKID": int(brick.brickid),
+        "RAMIN": brick.ra1, "RAMAX": brick.ra2, "DECMIN": brick.dec1, "DECMAX": brick.dec2,
+        "RELEASE": int(release), "SURVEYID": "lsdask-lite",
+        "LSDASKV": __version__, "CONFHASH": config_hash or "none",
+        "PROCESSR": "lite", "RESAMPLE": kernel, "EBVMAP": "none",
+        "EBVNOTE": "no dust map configured: ebv = 0, mw_transmission = 1",
+        "PHOTNOTE": "lite: PSF-weighted forced photometry, not Tractor model fits",
+        "APRADII": ",".join(str(r) for r in AP_RADII),
+    }
+    for i, (name, ver) in enumerate(_dependency_versions()):
+        hdr[f"DEPNAM{i:02d}"] = name
+        hdr[f"DEPVER{i:02d}"] = str(ver)
+    return hdr
