@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: the generated 300-brick release and peak-RSS probes."""
+"""Shared benchmark helpers: the generated 300-brick release, peak-RSS and CPU probes."""
 
 from __future__ import annotations
 
@@ -32,26 +32,40 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds used so far by this process."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def _read_one(path: str) -> int:
     import fitsio
 
     return len(fitsio.read(path))
 
 
-def read_floor(paths: list[str], processes: int = 1) -> float:
-    """Seconds to read every file fully with fitsio (in ``processes`` processes)."""
+def _read_many(paths: list[str]) -> float:
+    """Read ``paths`` fully with fitsio; returns this process's CPU seconds for it."""
+    c0 = cpu_seconds()
+    for p in paths:
+        _read_one(p)
+    return cpu_seconds() - c0
+
+
+def read_floor(paths: list[str], processes: int = 1, cpu: bool = False):
+    """Seconds to read every file fully with fitsio (in ``processes`` processes, files
+    8 at a time); with ``cpu``, returns ``(wall, CPU seconds summed over processes)``."""
     t0 = time.time()
     if processes == 1:
-        for p in paths:
-            _read_one(p)
+        used = _read_many(paths)
     else:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(processes) as ex:
-            list(ex.map(_read_one, paths, chunksize=8))
-    return time.time() - t0
-
-
-def drop_caches_hint() -> None:
-    """Warm the page cache equally for every contender (read the files once)."""
-    pass
+            used = sum(ex.map(_read_many, [paths[i:i + 8] for i in range(0, len(paths), 8)]))
+    wall = time.time() - t0
+    return (wall, used) if cpu else wall

@@ -6,12 +6,14 @@ result is identical to one ``scipy.spatial.cKDTree`` over all primary sources
 (:func:`brute_force_match`).
 
 Partitioning: one task per sweep-box partition of the tractor Parquet dataset. A task reads
-only ``ra, dec, brick_primary`` of its files, builds a KD-tree of its primary sources and
-queries the external objects that lie within ``radius`` of the box (the margin; RA wraps
-at 0/360, polar caps take every RA); the driver keeps the nearest candidate over all
-partitions. Every source lies in exactly one partition and every external object is sent
-to every partition that could hold a source within the radius, hence exactness.
-Then the matched rows are gathered (all columns), one task per partition.
+only ``ra, dec, brick_primary, objid`` of its files, builds a KD-tree of its primary sources
+and queries the external objects that lie within ``radius`` of the box (the margin,
+selected by the driver; RA wraps at 0/360, polar caps take every RA); it then gathers the
+tractor rows of its candidates as raw bytes, straight from the tractor FITS files (checked
+against the Parquet objid and ra; column-by-column fallbacks otherwise). The driver keeps
+the nearest candidate over all partitions. Every source lies in exactly one partition and
+every external object is sent to every partition that could hold a source within the
+radius, hence exactness.
 
 Output (``layout.external(name)``): one row per external object in input order, all tractor
 columns upper-case (zeros and ``OBJID = -1`` where no match), the copied external columns,
@@ -35,8 +37,13 @@ from ..atomic import atomic_path
 from ..errors import InputError
 from ..survey.arrowfits import arrow_to_numpy
 from ..survey.sweeps import parse_box
-from ..survey.tractor import TRACTOR_DTYPE, FitsTableWriter
-from .parquet import partition_files
+from ..survey.tractor import (
+    TRACTOR_DTYPE,
+    FitsTableWriter,
+    is_tractor_layout,
+    tractor_raw_dtype,
+)
+from .parquet import load_manifest, partition_files
 
 EXTNAME = "MATCHED"
 DIST_COLUMN = "MATCH_DIST"
@@ -97,21 +104,54 @@ def _in_margin(ra: np.ndarray, dec: np.ndarray, box: str, radius_deg: float) -> 
     return sel & inra
 
 
-def _primary_positions(files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ra, dec, file index, row index within file) of the primary rows of ``files``."""
-    ras, decs, fidx, ridx = [], [], [], []
+def _primary_positions(files: list[Path]) -> tuple[np.ndarray, ...]:
+    """(ra, dec, file index, row index within file, objid) of the primary rows of
+    ``files`` (only those four columns are read)."""
+    ras, decs, fidx, ridx, oids = [], [], [], [], []
     for i, f in enumerate(files):
-        t = pq.read_table(f, columns=["ra", "dec", "brick_primary"])
+        t = pq.ParquetFile(f, memory_map=True).read(
+            columns=["ra", "dec", "brick_primary", "objid"], use_threads=False)
         prim = t.column("brick_primary").to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(prim)
         ras.append(t.column("ra").to_numpy()[rows])
         decs.append(t.column("dec").to_numpy()[rows])
+        oids.append(t.column("objid").to_numpy()[rows])
         fidx.append(np.full(len(rows), i, dtype=np.int32))
         ridx.append(rows.astype(np.int64))
     if not ras:
         z = np.zeros(0)
-        return z, z, np.zeros(0, np.int32), np.zeros(0, np.int64)
-    return np.concatenate(ras), np.concatenate(decs), np.concatenate(fidx), np.concatenate(ridx)
+        return z, z, np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32)
+    return (np.concatenate(ras), np.concatenate(decs), np.concatenate(fidx),
+            np.concatenate(ridx), np.concatenate(oids))
+
+
+def _match_box(box: str, files: list[Path], ext_ra: np.ndarray, ext_dec: np.ndarray,
+               radius: float, sel: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Nearest primary source of this partition for the external objects near the box:
+    (external index, chord distance, file index, row index, objid, ra) of the pairs.
+    ``sel``: the indices of ``ext_ra``/``ext_dec`` within the margin, if already known
+    (then the two arrays hold only those objects)."""
+    from scipy.spatial import cKDTree
+
+    sel_given = sel
+    if sel is None:
+        sel = np.flatnonzero(_in_margin(ext_ra, ext_dec, box, radius / 3600.0))
+    else:
+        sel = np.arange(len(sel))
+    empty = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int32), np.zeros(0, np.int64),
+             np.zeros(0, np.int32), np.zeros(0))
+    if len(sel) == 0:
+        return empty
+    ra, dec, fidx, ridx, oid = _primary_positions(files)
+    if len(ra) == 0:
+        return empty
+    tree = cKDTree(unit_vectors(ra, dec), balanced_tree=False)  # exact; faster to build
+    d, j = tree.query(unit_vectors(ext_ra[sel], ext_dec[sel]), k=1,
+                      distance_upper_bound=chord(radius))
+    ok = np.isfinite(d)
+    j = j[ok]
+    found = sel[ok] if sel_given is None else sel_given[ok]
+    return found, d[ok], fidx[j], ridx[j], oid[j], ra[j]
 
 
 def match_partition(box: str, files: list[Path], ext_ra: np.ndarray, ext_dec: np.ndarray,
@@ -120,80 +160,139 @@ def match_partition(box: str, files: list[Path], ext_ra: np.ndarray, ext_dec: np
 
     Returns (external index, chord distance, file index, row index) of the found pairs.
     """
-    from scipy.spatial import cKDTree
-
-    sel = np.flatnonzero(_in_margin(ext_ra, ext_dec, box, radius / 3600.0))
-    empty = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int32), np.zeros(0, np.int64))
-    if len(sel) == 0:
-        return empty
-    ra, dec, fidx, ridx = _primary_positions(files)
-    if len(ra) == 0:
-        return empty
-    tree = cKDTree(unit_vectors(ra, dec))
-    d, j = tree.query(unit_vectors(ext_ra[sel], ext_dec[sel]), k=1,
-                      distance_upper_bound=chord(radius))
-    ok = np.isfinite(d)
-    return sel[ok], d[ok], fidx[j[ok]], ridx[j[ok]]
+    return _match_box(box, files, ext_ra, ext_dec, radius)[:4]
 
 
-def _gather(layout, files: list[Path], fidx: np.ndarray, ridx: np.ndarray) -> np.ndarray:
-    """Tractor rows (all columns, exact dtypes) at (file index, row) pairs, in that order.
-
-    The Parquet partition gives each match's brick and objid; the full rows are read from
-    the brick's tractor FITS file, only those rows (tractor rows are in objid order), and
-    checked against the Parquet positions."""
-    from ..survey.tractor import read_rows_fast
-
-    out = np.zeros(len(fidx), dtype=TRACTOR_DTYPE)
-    for i in np.unique(fidx):
-        pos = np.flatnonzero(fidx == i)
-        t = pq.read_table(files[i], columns=["objid", "ra", "dec"]).take(pa.array(ridx[pos]))
-        objid = t.column("objid").to_numpy()
-        brick = files[i].stem
-        rows = read_rows_fast(layout.tractor(brick), objid)
-        if not (np.array_equal(rows["objid"], objid)
-                and np.array_equal(rows["ra"], t.column("ra").to_numpy())):
-            # not in objid order, or changed since conversion: take the Parquet rows
-            rows = arrow_to_numpy(pq.read_table(files[i]).take(pa.array(ridx[pos])))
-        for c in TRACTOR_DTYPE.names:
-            out[c][pos] = rows[c]
-    return out
+def _tractor_raw_dtype() -> np.dtype:
+    return tractor_raw_dtype()
 
 
-def match_positions(layout, ext_ra: np.ndarray, ext_dec: np.ndarray, radius: float = 1.5,
-                    client=None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Match positions: returns (partition boxes, box index, row within that box's
-    concatenated primary+all rows key, chord distance). Unmatched: box index -1.
+def _matched_rows(layout, parquet_file: Path, ridx: np.ndarray, objid: np.ndarray,
+                  ra: np.ndarray, fits: dict | None = None,
+                  scratch: list | None = None) -> np.ndarray:
+    """The tractor rows of one brick's matches in the output's byte layout (tractor
+    columns, big-endian, logicals 'T'/'F'), as an ``(n, row bytes)`` uint8 block.
 
-    The row key is ``(file index << 32) | row`` within the box's file list.
-    """
-    import dask
+    Fast path: the rows are copied as raw bytes straight from the tractor FITS file (rows
+    are in objid order) when its layout is exactly the DR9 one (``fits``: where the rows
+    lie, recorded by the Parquet conversion; else the header is parsed), and checked
+    against the Parquet objid and ra (``scratch``: a one-item list holding a reusable
+    read buffer). Otherwise the rows are converted column by column,
+    from the FITS file if it still agrees, else from the Parquet dataset."""
+    from ..survey.tractor import read_rows_fast, table_layout
 
-    parts = partition_files(layout)
-    if not parts:
-        raise InputError(f"{layout.tractor_parquet}: no tractor Parquet files (run parquet)")
-    boxes = list(parts)
-    tasks = [dask.delayed(match_partition, pure=False)(b, parts[b], ext_ra, ext_dec, radius)
-             for b in boxes]
-    results = client.compute(tasks, sync=True) if client is not None else dask.compute(*tasks)
-    n = len(ext_ra)
-    best = np.full(n, np.inf)
-    bbox = np.full(n, -1, dtype=np.int64)
-    bkey = np.full(n, -1, dtype=np.int64)
-    for k, (idx, d, fidx, ridx) in enumerate(results):
-        better = d < best[idx]
-        idx, d = idx[better], d[better]
-        best[idx] = d
-        bbox[idx] = k
-        bkey[idx] = (fidx[better].astype(np.int64) << 32) | ridx[better]
-    return boxes, bbox, bkey, best
+    want = _tractor_raw_dtype()
+    path = layout.tractor(parquet_file.stem)
+    lay = None
+    try:
+        if fits and path.stat().st_size == fits["size"]:
+            lay = (want, [], fits["nrows"], fits["start"])
+        else:
+            lay = table_layout(path)
+            if lay is not None and not is_tractor_layout(lay[0]):
+                lay = None
+    except (OSError, ValueError, KeyError):
+        lay = None
+    if lay is not None and len(objid) and objid.min() >= 0 and objid.max() < lay[2]:
+        start, size = lay[3], want.itemsize
+        # the span of rows in one read (into Arrow-pool memory, reused from brick to
+        # brick), then the rows: cheaper than one read or page fault per row
+        lo, hi = int(objid.min()), int(objid.max()) + 1
+        complete = path.stat().st_size >= start + hi * size
+        if complete and len(objid) * 16 < hi - lo:  # few rows: touch only their pages
+            mm = np.memmap(path, dtype=np.uint8, mode="r", offset=start + lo * size,
+                           shape=((hi - lo) * size,))
+            block = mm.reshape(hi - lo, size)[objid - lo]
+            del mm
+        elif complete:
+            scratch = scratch if scratch is not None else [None]
+            if scratch[0] is None or len(scratch[0]) < (hi - lo) * size:
+                scratch[0] = np.empty((hi - lo) * size, dtype=np.uint8)
+            data = scratch[0][:(hi - lo) * size]
+            with open(path, "rb") as fh:
+                fh.seek(start + lo * size)
+                complete = fh.readinto(data) == len(data)
+            block = data.reshape(hi - lo, size)[objid - lo]
+        if complete:
+            got = block.view(want)[:, 0]
+            if np.array_equal(got["objid"], objid) and np.array_equal(got["ra"], ra):
+                return block
+    rows = None
+    try:
+        rows = read_rows_fast(path, objid)
+        if not (np.array_equal(rows["objid"], objid) and np.array_equal(rows["ra"], ra)):
+            rows = None
+    except InputError:
+        rows = None
+    if rows is None:  # changed since conversion: the Parquet rows
+        rows = arrow_to_numpy(pq.read_table(parquet_file).take(pa.array(ridx)))
+    block = np.empty(len(objid), dtype=want)
+    for c in TRACTOR_DTYPE.names:
+        v = rows[c]
+        block[c] = np.where(v, ord("T"), ord("F")) if want[c].base.kind == "u" and \
+            TRACTOR_DTYPE[c].base.kind == "b" else v
+    return block.view(np.uint8).reshape(len(objid), want.itemsize)
+
+
+def _write_rows(layout, out_path: str, data_start: int, raw_dtype: np.dtype, first: int,
+                files: list[Path], fits: list, gfile: np.ndarray, ridx: np.ndarray,
+                objid: np.ndarray, ra: np.ndarray, copied: dict[str, np.ndarray],
+                dist: np.ndarray) -> int:
+    """Assemble output rows ``first .. first + len(gfile)`` (``gfile``: index in ``files``
+    of each row's source, -1 where none) and write them in place into the sized output
+    file (one byte-range write: tasks fill disjoint ranges in parallel). Returns the
+    number of rows written."""
+    import os
+
+    n = len(gfile)
+    tr_bytes = _tractor_raw_dtype().itemsize
+    buf = np.empty(n, dtype=raw_dtype)
+    raw = buf.view(np.uint8).reshape(n, raw_dtype.itemsize)
+    scratch: list = [None]
+    for g in np.unique(gfile):
+        sel = np.flatnonzero(gfile == g)
+        if g < 0:
+            raw[sel, :tr_bytes] = _empty_row()
+        else:
+            raw[sel, :tr_bytes] = _matched_rows(layout, files[g], ridx[sel], objid[sel],
+                                                ra[sel], fits[g], scratch)
+    for name, v in copied.items():
+        buf[name] = np.where(v, ord("T"), ord("F")) if v.dtype.kind == "b" else v
+    buf[DIST_COLUMN] = dist
+    view = memoryview(raw).cast("B")
+    fd = os.open(out_path, os.O_WRONLY)
+    try:
+        done, offset = 0, data_start + first * raw_dtype.itemsize
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + done)
+    finally:
+        os.close(fd)
+    return n
+
+
+def _empty_row() -> np.ndarray:
+    """The tractor part of an unmatched output row: zeros, logicals 'F', OBJID -1."""
+    empty = np.zeros(1, dtype=_tractor_raw_dtype())
+    for c in TRACTOR_DTYPE.names:
+        if TRACTOR_DTYPE[c].base.kind == "b":
+            empty[c] = ord("F")
+    empty["objid"] = -1
+    return empty.view(np.uint8)
 
 
 def run_match(layout, external: str | Path, client=None, radius: float = 1.5,
               copy: list[str] | tuple[str, ...] = (), name: str | None = None,
               output: str | Path | None = None) -> dict:
     """Match ``external`` and write ``layout.external(name)`` (default name: the external
-    file's stem). Returns ``{"output", "n", "nmatched", "radius", "seconds"}``."""
+    file's stem). Returns ``{"output", "n", "nmatched", "radius", "seconds"}``.
+
+    One task per partition finds the nearest of its primary sources for the external
+    objects within its margin (KD-tree of the positions, read from the Parquet dataset);
+    the driver keeps the nearest candidate of each object and sizes the output file; then
+    one task per range of :data:`CHUNK` output rows assembles them (tractor rows copied
+    as raw bytes from the tractor FITS files, already in the output's byte layout) and
+    writes them in place. ``phases`` in the summary: seconds of the matching and of the
+    writing."""
     import dask
 
     t0 = time.time()
@@ -203,17 +302,35 @@ def run_match(layout, external: str | Path, client=None, radius: float = 1.5,
     missing = [c for c in copy if c.upper() not in upper]
     if missing:
         raise InputError(f"{external}: no column(s) {missing} to copy")
-    boxes, bbox, bkey, best = match_positions(layout, ext_ra, ext_dec, radius, client)
-    parts = partition_files(layout)
-    matched = bbox >= 0
-    tasks, where = [], []
-    for k in np.unique(bbox[matched]):
-        pos = np.flatnonzero(bbox == k)
-        fidx = (bkey[pos] >> 32).astype(np.int32)
-        ridx = bkey[pos] & 0xFFFFFFFF
-        tasks.append(dask.delayed(_gather, pure=False)(layout, parts[boxes[k]], fidx, ridx))
-        where.append(pos)
-    rows = client.compute(tasks, sync=True) if client is not None else dask.compute(*tasks)
+    manifest = load_manifest(layout)
+    parts = partition_files(layout, manifest)
+    if not parts:
+        raise InputError(f"{layout.tractor_parquet}: no tractor Parquet files (run parquet)")
+    boxes = list(parts)
+    tasks, task_box = [], []
+    for k, b in enumerate(boxes):  # each partition gets the external objects in its margin
+        sel = np.flatnonzero(_in_margin(ext_ra, ext_dec, b, radius / 3600.0))
+        if len(sel):
+            tasks.append(dask.delayed(_match_box, pure=False)(
+                b, parts[b], ext_ra[sel], ext_dec[sel], radius, sel))
+            task_box.append(k)
+    got = client.compute(tasks, sync=True) if client is not None else dask.compute(*tasks)
+    t1 = time.time()
+    # nearest candidate over the partitions
+    files = [f for b in boxes for f in parts[b]]
+    first_file = np.cumsum([0] + [len(parts[b]) for b in boxes])
+    n = len(ext_ra)
+    best = np.full(n, np.inf)
+    gfile = np.full(n, -1, dtype=np.int64)
+    ridx = np.zeros(n, dtype=np.int64)
+    objid = np.zeros(n, dtype=np.int32)
+    ra = np.zeros(n)
+    for k, (idx, d, fidx, rows, oid, sra) in zip(task_box, got, strict=True):
+        better = d < best[idx]
+        idx = idx[better]
+        best[idx] = d[better]
+        gfile[idx] = first_file[k] + fidx[better]
+        ridx[idx], objid[idx], ra[idx] = rows[better], oid[better], sra[better]
     out_dt = [(c.upper(), TRACTOR_DTYPE[c].base, TRACTOR_DTYPE[c].shape)
               if TRACTOR_DTYPE[c].shape else (c.upper(), TRACTOR_DTYPE[c])
               for c in TRACTOR_DTYPE.names]
@@ -226,39 +343,34 @@ def run_match(layout, external: str | Path, client=None, radius: float = 1.5,
             raise InputError(f"{external}: copied column {c} clashes with a tractor column")
         out_dt.append((c.upper(), dt.base, dt.shape) if dt.shape else (c.upper(), dt))
     out_dt.append((DIST_COLUMN, "f8"))
-    n = len(ext_ra)
     ext_keep = {c: (np.char.encode(ext[c], "ascii") if ext[c].dtype.kind == "U" else ext[c])
                 for c in copy_names}
-    # which gathered block and position holds each matched external object
-    src_block = np.full(n, -1, dtype=np.int64)
-    src_pos = np.zeros(n, dtype=np.int64)
-    for b, pos in enumerate(where):
-        src_block[pos] = b
-        src_pos[pos] = np.arange(len(pos))
+    matched = gfile >= 0
     dist = np.where(matched, chord_to_arcsec(np.where(matched, best, 0)), -1.0)
     nmatched = int(matched.sum())
     path = Path(output) if output else layout.external(name or external.name.split(".")[0])
     hdr = {"NMATCHED": nmatched, "RADIUS": float(radius), "EXTCAT": external.name[:60]}
-    with atomic_path(path) as tmp, FitsTableWriter(tmp, np.dtype(out_dt), EXTNAME,
-                                                   hdr) as w:
-        for a in range(0, n, CHUNK):
+    bricks = manifest["bricks"]
+    fits = [bricks.get(f.stem, {}).get("fits") for f in files]
+    with atomic_path(path) as tmp:
+        with FitsTableWriter(tmp, np.dtype(out_dt), EXTNAME, hdr) as w:
+            w.reserve(n)
+            w.close()
+        tasks = []
+        for a in range(0, n, CHUNK):  # row ranges assembled and written in parallel
             sl = slice(a, min(a + CHUNK, n))
-            out = np.zeros(sl.stop - a, dtype=out_dt)
-            out["OBJID"] = -1
-            for b in np.unique(src_block[sl]):
-                if b < 0:
-                    continue
-                sel = np.flatnonzero(src_block[sl] == b)
-                r = rows[b][src_pos[sl][sel]]
-                for c in TRACTOR_DTYPE.names:
-                    out[c.upper()][sel] = r[c]
-            for c in copy_names:
-                out[c.upper()] = ext_keep[c][sl]
-            out[DIST_COLUMN] = dist[sl]
-            w.append(out)
-        w.close()
+            tasks.append(dask.delayed(_write_rows, pure=False)(
+                layout, str(tmp), w.data_start, w.raw_dtype, a, files, fits, gfile[sl],
+                ridx[sl], objid[sl], ra[sl],
+                {c.upper(): ext_keep[c][sl] for c in copy_names}, dist[sl]))
+        written = (client.compute(tasks, sync=True) if client is not None
+                   else dask.compute(*tasks))
+        if sum(written) != n:  # pragma: no cover - defensive
+            raise InputError(f"{path}: wrote {sum(written)} rows of {n}")
+    t2 = time.time()
     return {"output": str(path), "n": int(len(ext_ra)), "nmatched": nmatched,
-            "radius": float(radius), "seconds": round(time.time() - t0, 3)}
+            "radius": float(radius), "seconds": round(t2 - t0, 3),
+            "phases": {"match": round(t1 - t0, 3), "write": round(t2 - t1, 3)}}
 
 
 def brute_force_match(layout, ext_ra: np.ndarray, ext_dec: np.ndarray,

@@ -6,10 +6,13 @@ every tractor catalogue in the box of its own position, all 181 columns with exa
 :mod:`lsdask.survey.arrowfits`), the brick's header keys in the file's schema metadata.
 
 Incremental: ``_manifest.json`` in the dataset records each converted brick's tractor sha256
-(from ``brick-<brick>.sha256sum``, else computed) and its files; a rerun converts only new or
-changed bricks and removes files of bricks that disappeared. Each file is written under a
-hidden temporary name and renamed, and the manifest is rewritten atomically after each batch,
-so a killed run leaves no half-written partition visible and a rerun resumes.
+(from ``brick-<brick>.sha256sum``, else computed), its files and, for DR9-layout files, where
+the rows lie in the FITS file (``fits``: start, nrows, size; used for fast row reads); a
+rerun converts only new or changed bricks and removes files of bricks that disappeared.
+Each file is written under a hidden temporary name and renamed, and the manifest is
+rewritten atomically after each batch, so a killed run leaves no half-written partition
+visible and a rerun resumes. Writing: required (non-null) columns, no compression, no
+dictionary, statistics only for the position columns.
 
 Public: :func:`run_parquet(layout, client=None)` -> summary dict;
 :func:`read_tractor_parquet(layout, columns=None)` -> Dask DataFrame;
@@ -18,6 +21,7 @@ Public: :func:`run_parquet(layout, client=None)` -> summary dict;
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -29,9 +33,9 @@ import pyarrow.parquet as pq
 
 from ..atomic import atomic_path, sha256_file, write_text_atomic
 from ..errors import InputError
-from ..survey.arrowfits import column_to_arrow
+from ..survey.arrowfits import column_to_arrow, fixed_bytes_to_arrow, numeric_to_arrow
 from ..survey.sweeps import box_from_index, box_index
-from ..survey.tractor import read_table_fast
+from ..survey.tractor import is_tractor_layout, read_table_fast, read_table_raw
 
 MANIFEST = "_manifest.json"
 COMPRESSION = "none"
@@ -97,32 +101,107 @@ def tractor_to_arrow(data: np.ndarray, metadata: dict[str, str] | None = None) -
         arr, meta = column_to_arrow(col)
         arrays.append(arr)
         fields.append(pa.field(name.lower(), arr.type, metadata=meta))
-    schema = pa.schema(fields, metadata=metadata or {})
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return _required(arrays, fields, metadata)
+
+
+def raw_to_arrow(raw: np.ndarray, logical: list[str],
+                 metadata: dict[str, str] | None = None) -> pa.Table:
+    """Rows as stored in a FITS table (:func:`lsdask.survey.tractor.read_table_raw`:
+    big-endian, logicals 'T'/'F') -> the same Arrow table as :func:`tractor_to_arrow`,
+    each column converted in one vectorised pass (schema built once per layout)."""
+    schema = _raw_schema(raw.dtype, tuple(logical))
+    arrays = []
+    for name, f in zip(raw.dtype.names, schema, strict=True):
+        col = raw[name]
+        if name in logical:
+            col = col == ord("T")
+        if col.dtype.base.kind in "iuf":
+            arr = numeric_to_arrow(col)
+        elif col.dtype.base.kind == "S" and col.ndim == 1:
+            arr = fixed_bytes_to_arrow(col)
+        else:
+            arr = column_to_arrow(col)[0]
+            if col.ndim > 1:
+                arr = arr.flatten()
+        if col.ndim > 1:
+            arr = pa.FixedSizeListArray.from_arrays(arr, type=f.type)
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=schema.with_metadata(metadata or {}))
+
+
+@functools.lru_cache(maxsize=16)
+def _raw_schema(dtype: np.dtype, logical: tuple[str, ...]) -> pa.Schema:
+    """Arrow schema of :func:`raw_to_arrow` for one raw FITS layout: lower-case names,
+    every field and list item non-null, numpy dtypes in field metadata."""
+    fields = []
+    for name in dtype.names:
+        dt = dtype[name]
+        base, shape = (dt.base, dt.shape) if dt.shape else (dt, ())
+        if name in logical:
+            base = np.dtype(np.bool_)
+        elif base.kind in "iuf":
+            base = base.newbyteorder("=")
+        probe, meta = column_to_arrow(np.zeros((1, *shape), dtype=base))
+        t = probe.type
+        if shape:
+            t = pa.list_(pa.field("item", t.value_type, nullable=False), t.list_size)
+        fields.append(pa.field(name.lower(), t, nullable=False, metadata=meta))
+    return pa.schema(fields)
+
+
+def _required(arrays: list[pa.Array], fields: list[pa.Field],
+              metadata: dict[str, str] | None) -> pa.Table:
+    """The table with every field (and list item) declared non-null: tractor columns have
+    no nulls, and required Parquet columns need no definition levels (faster to write and
+    read)."""
+    out_a, out_f = [], []
+    for arr, f in zip(arrays, fields, strict=True):
+        if arr.null_count:
+            out_a.append(arr)
+            out_f.append(f)
+            continue
+        if pa.types.is_fixed_size_list(arr.type):
+            t = pa.list_(pa.field("item", arr.type.value_type, nullable=False),
+                         arr.type.list_size)
+            arr = pa.FixedSizeListArray.from_arrays(arr.flatten(), type=t)
+        out_a.append(arr)
+        out_f.append(pa.field(f.name, arr.type, nullable=False, metadata=f.metadata))
+    return pa.Table.from_arrays(out_a, schema=pa.schema(out_f, metadata=metadata or {}))
 
 
 def convert_brick(layout, brick: str, checksum: str,
                   compression: str = COMPRESSION) -> dict:
     """Convert one tractor file into its per-box Parquet files; returns its manifest entry."""
     path = layout.tractor(brick)
-    data, phdr = read_table_fast(path, primary_header=True)
+    got = read_table_raw(path, primary_header=True)
+    fits = None
+    if got is None:  # not a plain table: fitsio
+        data, phdr = read_table_fast(path, primary_header=True)
+        logical: list[str] = []
+    else:
+        data, logical, phdr, start = got
+        if is_tractor_layout(data.dtype):  # where the rows lie, for fast row reads
+            fits = {"start": int(start), "nrows": int(len(data)),
+                    "size": int(path.stat().st_size)}
     header = {k: str(v) for k, v in phdr.items()}
     header["lsdask_brick"] = brick
     header["lsdask_sha256"] = checksum
     lower = {n.lower(): n for n in data.dtype.names}
     if "ra" not in lower or "dec" not in lower:
         raise InputError(f"{path}: no RA/DEC columns")
-    table = tractor_to_arrow(data, header)
     keys = box_index(data[lower["ra"]], data[lower["dec"]])
+    uniq = np.unique(keys)
     files = []
-    for k in np.unique(keys):
+    for k in uniq:
         box = box_from_index(int(k))
-        sub = table.take(pa.array(np.flatnonzero(keys == k)))
+        sub = data if len(uniq) == 1 else data[keys == k]
+        table = (raw_to_arrow(sub, logical, header) if got is not None
+                 else tractor_to_arrow(sub, header))
         out = layout.tractor_parquet / f"box={box}" / f"{brick}.parquet"
         with atomic_path(out) as tmp:
-            pq.write_table(sub, tmp, compression=compression, **WRITE_OPTIONS)
+            pq.write_table(table, tmp, compression=compression, **WRITE_OPTIONS)
         files.append(str(out.relative_to(layout.tractor_parquet)))
-    return {"sha256": checksum, "files": files, "nrows": int(len(data))}
+    return {"sha256": checksum, "files": files, "nrows": int(len(data)), "fits": fits}
 
 
 def _convert_many(layout, items: list[tuple[str, str]], compression: str) -> list:

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from ..atomic import temp_name, write_text_atomic
 from ..errors import InputError
+from ..survey.arrowfits import arrow_to_fixed_bytes
 from ..survey.sweeps import (
     EXTNAME,
     SWEEP_COLUMNS,
@@ -62,20 +63,33 @@ def _coerce(v: str):
     return v
 
 
-def _column(table: pa.Table, name: str, dtype: np.dtype) -> np.ndarray:
-    """One Arrow column -> numpy with the tractor dtype (fixed-size lists -> 2-d)."""
-    col = table.column(name)
+def _column(table: pa.Table | None, name: str | pa.ChunkedArray,
+            dtype: np.dtype) -> np.ndarray:
+    """One Arrow column (by name, or the column itself) -> numpy with the tractor dtype
+    (fixed-size lists -> 2-d); numbers without a copy, text vectorised."""
+    col = table.column(name) if isinstance(name, str) else name
     arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     n = len(arr)
     if pa.types.is_fixed_size_list(arr.type):
         return arr.flatten().to_numpy(zero_copy_only=False).reshape(n, arr.type.list_size)
     if dtype.kind == "S":
-        return arr.to_numpy(zero_copy_only=False).astype(dtype)
+        if arr.null_count:
+            arr = pc.fill_null(arr, "")
+        return arrow_to_fixed_bytes(arr, dtype.itemsize)
     return arr.to_numpy(zero_copy_only=False)
 
 
+#: Rows of the Parquet sweep gathered into one row group.
+ROW_GROUP = 100_000
+
+
 def make_box(layout, box: str, files: list[Path], parquet: bool = True) -> dict:
-    """Write the sweep files of one box from its tractor Parquet files."""
+    """Write the sweep files of one box from its tractor Parquet files.
+
+    One brick file at a time: its primary in-box rows are selected with numpy, each column
+    is converted once (shared by the main, -lc and -ex files) and stored straight into the
+    big-endian row blocks of the three FITS files; the main columns go to the Parquet
+    sweep in row groups of about :data:`ROW_GROUP` rows."""
     ramin, ramax, decmin, decmax = parse_box(box)
     outs = {k: layout.sweep(box, k) for k in SWEEP_KINDS}
     pq_out = layout.sweeps_parquet / f"sweep-{box}.parquet"
@@ -83,40 +97,55 @@ def make_box(layout, box: str, files: list[Path], parquet: bool = True) -> dict:
     pq_tmp = temp_name(pq_out)
     writers: dict[str, FitsTableWriter] = {}
     writer = None
+    pending: list[pa.Table] = []
+    npending = 0
     nrows = 0
     nbricks = 0
-    keys = {**_box_keys(box), **_provenance(files)}
-    needed = sorted(set().union(*(sweep_columns(k) for k in SWEEP_KINDS)))
+    metas = [pq.read_metadata(f) for f in files]
+    keys = {**_box_keys(box), **_provenance(files, metas)}
+    upper = [c.upper() for c in SWEEP_COLUMNS]
     try:
-        for f in files:
-            table = pq.read_table(f)
-            ra, dec = table.column("ra"), table.column("dec")
-            top = pc.less(dec, decmax) if decmax < 90 else pc.less_equal(dec, decmax)
-            mask = pc.and_(pc.and_(table.column("brick_primary"), pc.greater_equal(ra, ramin)),
-                           pc.and_(pc.less(ra, ramax),
-                                   pc.and_(pc.greater_equal(dec, decmin), top)))
-            table = table.filter(mask)
-            if table.num_rows == 0:
+        for f, md in zip(files, metas, strict=True):
+            table = pq.ParquetFile(f, metadata=md, memory_map=True).read(use_threads=False)
+            ra = _column(table, "ra", TRACTOR_DTYPE["ra"])
+            dec = _column(table, "dec", TRACTOR_DTYPE["dec"])
+            top = dec < decmax if decmax < 90 else dec <= decmax
+            mask = _column(table, "brick_primary", TRACTOR_DTYPE["brick_primary"]) & (
+                ra >= ramin) & (ra < ramax) & (dec >= decmin) & top
+            nsel = int(np.count_nonzero(mask))
+            if nsel == 0:
                 continue
+            sel = None if nsel == len(mask) else np.flatnonzero(mask)
             nbricks += 1
-            nrows += table.num_rows
-            cols = {c: _column(table, c, TRACTOR_DTYPE[c].base) for c in needed}
+            nrows += nsel
+            cols: dict[str, np.ndarray] = {}
+            index = dict(zip(table.column_names, table.columns, strict=True))
             for kind in SWEEP_KINDS:
-                if kind not in writers:
+                w = writers.get(kind)
+                if w is None:
                     tmps[kind].parent.mkdir(parents=True, exist_ok=True)
-                    writers[kind] = FitsTableWriter(tmps[kind], sweep_dtype(kind), EXTNAME,
-                                                    keys, keys)
-                writers[kind].append({c.upper(): cols[c] for c in sweep_columns(kind)})
+                    w = writers[kind] = FitsTableWriter(tmps[kind], sweep_dtype(kind), EXTNAME,
+                                                        keys, keys)
+                # every row into the file layout, then one row gather (cheaper than
+                # selecting column by column)
+                buf = w.new_buffer(len(mask))
+                for c in sweep_columns(kind):
+                    v = cols.get(c)
+                    if v is None:
+                        v = cols[c] = _column(None, index[c], TRACTOR_DTYPE[c].base)
+                    w.set_column(buf, c.upper(), v)
+                w.write_buffer(buf, sel)
             if parquet:
-                main = table.select(list(SWEEP_COLUMNS)).rename_columns(
-                    [c.upper() for c in SWEEP_COLUMNS])
-                if writer is None:
-                    pq_tmp.parent.mkdir(parents=True, exist_ok=True)
-                    main = main.replace_schema_metadata({k: str(v) for k, v in
-                                                         _box_keys(box).items()})
-                    writer = pq.ParquetWriter(pq_tmp, main.schema, compression="none",
-                                              use_dictionary=False, write_statistics=False)
-                writer.write_table(main.replace_schema_metadata(writer.schema.metadata))
+                main = table.select(list(SWEEP_COLUMNS))
+                if sel is not None:
+                    main = main.filter(pa.array(mask))
+                pending.append(main.rename_columns(upper))
+                npending += nsel
+                if npending >= ROW_GROUP:
+                    writer = _write_pending(writer, pending, pq_tmp, box)
+                    pending, npending = [], 0
+        if pending:
+            writer = _write_pending(writer, pending, pq_tmp, box)
         for w in writers.values():
             w.close()
         if writer is not None:
@@ -140,12 +169,29 @@ def make_box(layout, box: str, files: list[Path], parquet: bool = True) -> dict:
     return {"box": box, "rows": nrows, "bricks": nbricks}
 
 
-def _provenance(files: list[Path]) -> dict:
+def _write_pending(writer, tables: list[pa.Table], path: Path, box: str):
+    """Write the pending main-column tables as one row group (opening the writer)."""
+    if writer is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        schema = tables[0].schema.with_metadata({k: str(v) for k, v in
+                                                 _box_keys(box).items()})
+        writer = pq.ParquetWriter(path, schema, compression="none", use_dictionary=False,
+                                  write_statistics=False)
+    schema = writer.schema
+    table = pa.concat_tables([
+        t if t.schema.equals(schema, check_metadata=True)
+        else t.replace_schema_metadata(schema.metadata) if t.schema.equals(schema)
+        else t.cast(schema) for t in tables])
+    writer.write_table(table, row_group_size=max(table.num_rows, 1))
+    return writer
+
+
+def _provenance(files: list[Path], metas: list | None = None) -> dict:
     """Header keys (FITS-sized names) with the same value in every brick's metadata."""
     prov: dict | None = None
-    for f in files:
-        md = pq.read_schema(f).metadata or {}
-        meta = {k.decode(): v.decode() for k, v in md.items()}
+    for i, f in enumerate(files):
+        md = (metas[i].metadata if metas is not None else pq.read_schema(f).metadata) or {}
+        meta = {k.decode(): v.decode() for k, v in md.items() if len(k) <= 8}
         if prov is None:
             prov = {k: v for k, v in meta.items() if k not in _PER_BRICK
                     and len(k) <= 8 and k.isupper() and len(v) <= 68}

@@ -19,7 +19,10 @@ API
   blanks stripped, as FITS pads with blanks), native byte order.
 - :func:`write_tractor(path, data, header)`: atomic write with EXTNAME none, header keys.
 - :func:`read_table_fast(path)`: a plain FITS table read straight from its bytes (fitsio
-  fallback); :class:`FitsTableWriter`: stream rows into a FITS table chunk by chunk.
+  fallback); :func:`table_layout` (the table's byte layout from its header cards, no fitsio
+  open), :func:`read_table_raw` (rows as stored, one read), :func:`read_rows_fast`;
+  :func:`tractor_raw_dtype` / :func:`is_tractor_layout` (DR9 rows as stored in FITS);
+  :class:`FitsTableWriter`: stream rows into a FITS table block by block.
 """
 
 from __future__ import annotations
@@ -110,6 +113,11 @@ def _build_dtype() -> np.dtype:
 TRACTOR_DTYPE: np.dtype = _build_dtype()
 TRACTOR_COLUMNS: tuple[str, ...] = TRACTOR_DTYPE.names
 assert len(TRACTOR_COLUMNS) == 181
+
+_TRACTOR_RAW = np.dtype([
+    (c, np.dtype("u1") if TRACTOR_DTYPE[c].base.kind == "b" else
+     TRACTOR_DTYPE[c].base.newbyteorder(">") if TRACTOR_DTYPE[c].base.kind in "iuf"
+     else TRACTOR_DTYPE[c].base, TRACTOR_DTYPE[c].shape) for c in TRACTOR_DTYPE.names])
 
 #: Light-curve columns (they go to the ``-lc`` sweep files).
 LC_COLUMNS: tuple[str, ...] = tuple(c for c in TRACTOR_COLUMNS if c.startswith("lc_"))
@@ -288,6 +296,167 @@ def _fits_header(keys: dict | None):
     return hdr
 
 
+_BLOCK = 2880
+#: FITS binary table TFORM codes read straight from the bytes (L: logical, as 'T'/'F').
+_TFORM_DTYPES = {"L": "u1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4",
+                 "D": ">f8", "A": "S"}
+
+
+def _card_value(card: str) -> str:
+    """The value part of a header card: a string (quotes removed, trailing blanks
+    stripped) or the raw token before any comment."""
+    v = card[10:].strip()
+    if v.startswith("'"):
+        end = v.find("'", 1)
+        while end != -1 and v[end + 1:end + 2] == "'":
+            end = v.find("'", end + 2)
+        return (v[1:end] if end != -1 else v[1:]).replace("''", "'").rstrip()
+    return v.split("/", 1)[0].strip()
+
+
+def _read_header_cards(fh) -> tuple[dict[str, str], int]:
+    """Cards of the header at the file position (key -> value string) and its byte length."""
+    cards: dict[str, str] = {}
+    size = 0
+    while True:
+        block = fh.read(_BLOCK)
+        if not block and not size:
+            raise EOFError
+        if len(block) < _BLOCK:
+            raise ValueError("truncated header")
+        size += _BLOCK
+        text = block.decode("ascii", errors="replace")
+        for i in range(0, _BLOCK, 80):
+            card = text[i:i + 80]
+            key = card[:8].strip()
+            if key == "END":
+                return cards, size
+            if card[8:10] == "= " and key not in cards:
+                cards[key] = _card_value(card)
+
+
+def _hdu_data_size(cards: dict[str, str]) -> int:
+    naxis = int(cards.get("NAXIS", "0"))
+    if naxis == 0:
+        return 0
+    n = 1
+    for i in range(1, naxis + 1):
+        n *= int(cards[f"NAXIS{i}"])
+    n = abs(int(cards["BITPIX"])) // 8 * int(cards.get("GCOUNT", "1")) * (
+        int(cards.get("PCOUNT", "0")) + n)
+    return -(-n // _BLOCK) * _BLOCK
+
+
+def table_layout(path: str | Path) -> tuple[np.ndarray, list[str], int, int] | None:
+    """Where the first binary table of a FITS file lies, parsed from its header cards:
+    ``(raw dtype, logical columns, nrows, data start)``; the raw dtype has the file's
+    column names, big-endian numbers, ``S`` text, logicals as ``u1`` ('T'/'F'), byte
+    offsets and the row size. ``None`` when the table is not plain (scaled or
+    variable-length columns, bits, multi-dimensional text...): read it with fitsio."""
+    with open(path, "rb") as fh:
+        pos = 0
+        while True:
+            try:
+                cards, hsize = _read_header_cards(fh)
+            except EOFError:  # no table HDU: let fitsio tell
+                return None
+            kind = cards.get("XTENSION", "").strip()
+            if kind == "BINTABLE":
+                break
+            if kind in ("TABLE", "A3DTABLE"):
+                return None
+            pos += hsize + _hdu_data_size(cards)
+            fh.seek(pos)
+    start = pos + hsize
+    rowbytes, nrows = int(cards["NAXIS1"]), int(cards["NAXIS2"])
+    names, formats, offsets, logical = [], [], [], []
+    off = 0
+    for i in range(1, int(cards["TFIELDS"]) + 1):
+        if float(cards.get(f"TSCAL{i}", 1)) != 1.0 or float(cards.get(f"TZERO{i}", 0)) != 0.0:
+            return None
+        tform = cards[f"TFORM{i}"].strip()
+        j = 0
+        while j < len(tform) and tform[j].isdigit():
+            j += 1
+        repeat = int(tform[:j]) if j else 1
+        code = tform[j:j + 1]
+        if code not in _TFORM_DTYPES or repeat == 0:
+            return None
+        name = cards.get(f"TTYPE{i}", f"COL{i}").strip()
+        tdim = cards.get(f"TDIM{i}")
+        if code == "A":
+            if tdim is not None and tdim.replace(" ", "") != f"({repeat})":
+                return None
+            fmt = np.dtype(f"S{repeat}")
+            width = repeat
+        else:
+            base = np.dtype(_TFORM_DTYPES[code])
+            if tdim is not None and (repeat == 1 or tdim.replace(" ", "") != f"({repeat})"):
+                return None
+            fmt = np.dtype((base, (repeat,))) if repeat > 1 else base
+            width = repeat * base.itemsize
+            if code == "L":
+                logical.append(name)
+        names.append(name)
+        formats.append(fmt)
+        offsets.append(off)
+        off += width
+    if off != rowbytes or len(set(names)) != len(names):
+        return None
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                      "itemsize": rowbytes})
+    return dtype, logical, nrows, start
+
+
+def tractor_raw_dtype() -> np.dtype:
+    """DR9 tractor rows as stored in FITS: :data:`TRACTOR_DTYPE` order, big-endian
+    numbers, logicals as 'T'/'F' bytes, packed."""
+    return _TRACTOR_RAW
+
+
+def is_tractor_layout(dtype: np.dtype) -> bool:
+    """Whether raw FITS rows (:func:`table_layout`) are byte for byte DR9 tractor rows
+    (:func:`tractor_raw_dtype`): same columns (any case), order, types, offsets, size."""
+    want = _TRACTOR_RAW
+    if dtype.itemsize != want.itemsize or len(dtype.names) != len(want.names):
+        return False
+    for a, b in zip(dtype.names, want.names, strict=True):
+        fa, fb = dtype.fields[a], want.fields[b]
+        if a.lower() != b or fa[1] != fb[1] or fa[0] != fb[0]:
+            return False
+    return True
+
+
+def read_table_raw(path: str | Path, primary_header: bool = False):
+    """The first table HDU's rows as stored (see :func:`table_layout`: big-endian,
+    logicals as ``u1`` 'T'/'F'), one read into memory, no per-column work.
+    Returns ``(rows, logical column names, primary header dict or None, byte offset of
+    the rows in the file)``, or ``None`` when the table is not plain. Raises
+    :class:`InputError` naming the file."""
+    import fitsio
+    import pyarrow as pa
+
+    path = Path(path)
+    try:
+        lay = table_layout(path)
+        if lay is None:
+            return None
+        dtype, logical, nrows, start = lay
+        nbytes = dtype.itemsize * nrows
+        # memory from Arrow's pool: reused from file to file (no fresh pages each time)
+        buf = np.frombuffer(pa.allocate_buffer(nbytes), dtype=np.uint8)
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            if fh.readinto(buf) != nbytes:
+                raise InputError(f"{path}: truncated FITS table")
+        phdr = _header_dict(fitsio.read_header(str(path), 0)) if primary_header else None
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{path}: cannot read FITS table: {e}") from e
+    return buf.view(dtype) if nrows else np.zeros(0, dtype), logical, phdr, start
+
+
 def read_table_fast(path: str | Path, primary_header: bool = False):
     """First table HDU of a FITS file as a structured array, read straight from the bytes
     when the table is plain (no scaling, no variable-length columns): big-endian numeric
@@ -297,41 +466,28 @@ def read_table_fast(path: str | Path, primary_header: bool = False):
     import fitsio
 
     path = Path(path)
-    try:
-        with fitsio.FITS(str(path)) as f:
-            phdr = _header_dict(f[0].read_header()) if primary_header else None
-            hdu = _table_hdu(f, path)
-            info = hdu._info
-            dtype, offsets, isvar = hdu.get_rec_dtype()
-            nrows = info["nrows"]
-            start = info["data_start"]
-            plain = not np.any(isvar) and all(
-                c["tscale"] == 1.0 and c["tzero"] == 0.0 for c in info["colinfo"])
-            if not plain:
-                data = hdu.read()
-                return (data, phdr) if primary_header else data
-    except InputError:
-        raise
-    except (OSError, ValueError, KeyError) as e:
-        raise InputError(f"{path}: cannot read FITS table: {e}") from e
-    logical = [n for n in dtype.names if dtype[n].base.kind == "b"]
-    raw_dt = np.dtype({"names": list(dtype.names),
-                       "formats": [np.dtype((np.uint8, dtype[n].shape)) if n in logical
-                                   else dtype[n] for n in dtype.names],
-                       "offsets": [int(o) for o in offsets]})
-    if nrows and raw_dt.itemsize * nrows + start > path.stat().st_size:
-        raise InputError(f"{path}: truncated FITS table")
-    raw = np.fromfile(str(path), dtype=raw_dt, count=nrows, offset=start)
-    if not logical:
-        return (raw, phdr) if primary_header else raw
-    out = np.empty(nrows, dtype=np.dtype({"names": list(dtype.names),
-                                          "formats": [dtype[n] for n in dtype.names],
-                                          "offsets": [int(o) for o in offsets]}))
-    out_view = out.view(raw_dt)
-    out_view[...] = raw
-    for n in logical:
-        out[n] = raw[n] == ord("T")
-    return (out, phdr) if primary_header else out
+    got = read_table_raw(path, primary_header)
+    if got is None:
+        try:
+            with fitsio.FITS(str(path)) as f:
+                phdr = _header_dict(f[0].read_header()) if primary_header else None
+                data = _table_hdu(f, path).read()
+        except InputError:
+            raise
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{path}: cannot read FITS table: {e}") from e
+        return (data, phdr) if primary_header else data
+    raw, logical, phdr, _ = got
+    if logical:
+        for n in logical:  # in place: 'T' -> 1, else 0, then view those bytes as bool
+            raw[n] = raw[n] == ord("T")
+        dt = raw.dtype
+        raw = raw.view(np.dtype({"names": list(dt.names),
+                                 "formats": [np.dtype((np.bool_, dt[n].shape)) if n in logical
+                                             else dt[n] for n in dt.names],
+                                 "offsets": [dt.fields[n][1] for n in dt.names],
+                                 "itemsize": dt.itemsize}))
+    return (raw, phdr) if primary_header else raw
 
 
 class FitsTableWriter:
@@ -340,6 +496,8 @@ class FitsTableWriter:
     The headers (primary HDU and table, with ``extname`` and ``header`` keys) are written by
     fitsio for an empty table of ``dtype``; rows are then appended as raw big-endian bytes
     (logicals as 'T'/'F') and NAXIS2 and the padding are fixed on close. Memory is one chunk.
+    Fast path: :meth:`new_buffer` (a reused block in the file's byte layout), fill it with
+    :meth:`set_column`, :meth:`write_buffer` (optionally only some of its rows).
     """
 
     def __init__(self, path: str | Path, dtype: np.dtype, extname: str | None = None,
@@ -356,7 +514,7 @@ class FitsTableWriter:
         with fitsio.FITS(str(self.path)) as f:
             self._header_start = f[-1]._info["header_start"]
             self._data_start = f[-1]._info["data_start"]
-        self._logical = [n for n in self.dtype.names if self.dtype[n].base.kind == "b"]
+        self._logical = {n for n in self.dtype.names if self.dtype[n].base.kind == "b"}
         fmts = []
         for n in self.dtype.names:
             b = self.dtype[n].base
@@ -364,22 +522,73 @@ class FitsTableWriter:
                                                         else b)
             fmts.append((n, b, self.dtype[n].shape) if self.dtype[n].shape else (n, b))
         self._raw = np.dtype(fmts)
+        self._void = np.dtype((np.void, self._raw.itemsize))
+        self._block = np.empty(0, dtype=self._raw)
+        self._gathered = np.empty(0, dtype=self._void)
         self.nrows = 0
         self._fh = open(self.path, "r+b")  # noqa: SIM115
         self._fh.seek(self._data_start)
         self._fh.truncate()
 
+    @property
+    def raw_dtype(self) -> np.dtype:
+        """The rows' byte layout in the file (big-endian, logicals as 'T'/'F' bytes)."""
+        return self._raw
+
+    def reserve(self, n: int) -> None:
+        """Size the table for ``n`` rows at once (the file is extended, rows read as zeros)
+        so that they can be written in place, e.g. in parallel by byte range; then
+        :meth:`close`."""
+        self.nrows = n
+        self._fh.truncate(self._data_start + n * self._raw.itemsize)
+        self._fh.seek(0, 2)
+
+    @property
+    def data_start(self) -> int:
+        """Byte offset of the first row in the file."""
+        return self._data_start
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes per row."""
+        return self._raw.itemsize
+
+    def new_buffer(self, n: int) -> np.ndarray:
+        """An uninitialised block of ``n`` rows in the file's byte layout (fill it with
+        :meth:`set_column`, then :meth:`write_buffer`). The memory is reused by the next
+        call."""
+        if len(self._block) < n:
+            self._block = np.empty(max(n, 2 * len(self._block)), dtype=self._raw)
+        return self._block[:n]
+
+    def set_column(self, buf: np.ndarray, name: str, values: np.ndarray) -> None:
+        """Store one column (any byte order; bool for logicals) into a block."""
+        if name in self._logical:
+            buf[name] = np.where(values, np.uint8(ord("T")), np.uint8(ord("F")))
+        else:
+            buf[name] = values
+
+    def write_buffer(self, buf: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Append a filled block (no copy), or only its rows ``rows`` (one gather of whole
+        rows as opaque bytes)."""
+        if rows is not None:
+            if len(self._gathered) < len(rows):
+                self._gathered = np.empty(max(len(rows), 2 * len(self._gathered)),
+                                          dtype=self._void)
+            out = self._gathered[:len(rows)]
+            np.take(buf.view(self._void), rows, out=out)
+            buf = out
+        if len(buf):
+            self._fh.write(memoryview(buf.view(np.uint8)))
+        self.nrows += len(buf)
+
     def append(self, rows) -> None:
         """Append rows: a structured array or a dict of column arrays (any byte order,
         names as the table's)."""
-        buf = np.empty(len(rows[self.dtype.names[0]]), dtype=self._raw)
+        buf = self.new_buffer(len(rows[self.dtype.names[0]]))
         for n in self.dtype.names:
-            if n in self._logical:
-                buf[n] = np.where(rows[n], ord("T"), ord("F"))
-            else:
-                buf[n] = rows[n]
-        self._fh.write(buf.tobytes())
-        self.nrows += len(buf)
+            self.set_column(buf, n, rows[n])
+        self.write_buffer(buf)
 
     def close(self) -> None:
         if self._fh is None:
@@ -418,32 +627,35 @@ def read_rows_fast(path: str | Path, rows: np.ndarray) -> np.ndarray:
     path = Path(path)
     rows = np.asarray(rows, dtype=np.int64)
     try:
-        with fitsio.FITS(str(path)) as f:
-            hdu = _table_hdu(f, path)
-            info = hdu._info
-            dtype, offsets, isvar = hdu.get_rec_dtype()
-            plain = not np.any(isvar) and all(
-                c["tscale"] == 1.0 and c["tzero"] == 0.0 for c in info["colinfo"])
-            if not plain:
-                return normalize_tractor(hdu.read(rows=rows))
-            nrows, start = info["nrows"], info["data_start"]
+        lay = table_layout(path)
+        if lay is None:
+            with fitsio.FITS(str(path)) as f:
+                return normalize_tractor(_table_hdu(f, path).read(rows=rows))
     except InputError:
         raise
     except (OSError, ValueError, KeyError) as e:
         raise InputError(f"{path}: cannot read FITS table: {e}") from e
+    raw_dt, logical, nrows, start = lay
     if len(rows) and (rows.min() < 0 or rows.max() >= nrows):
         raise InputError(f"{path}: row index out of range")
-    logical = [n for n in dtype.names if dtype[n].base.kind == "b"]
-    raw_dt = np.dtype({"names": list(dtype.names),
-                       "formats": [np.dtype((np.uint8, dtype[n].shape)) if n in logical
-                                   else dtype[n] for n in dtype.names],
-                       "offsets": [int(o) for o in offsets]})
-    mm = np.memmap(str(path), dtype=raw_dt, mode="r", offset=start, shape=(nrows,))
-    raw = np.array(mm[rows])
-    del mm
-    out = np.empty(len(rows), dtype=[(n.lower(), dtype[n].base, dtype[n].shape)
-                                     if dtype[n].shape else (n.lower(), dtype[n])
-                                     for n in dtype.names])
-    for n in dtype.names:
-        out[n.lower()] = (raw[n] == ord("T")) if n in logical else raw[n]
+    if not nrows:
+        raw = np.zeros(0, raw_dt)
+    else:
+        mm = np.memmap(str(path), dtype=np.dtype((np.void, raw_dt.itemsize)), mode="r",
+                       offset=start, shape=(nrows,))
+        raw = np.array(mm[rows]).view(raw_dt)
+        del mm
+    descr = []
+    for n in raw_dt.names:
+        base = np.dtype(np.bool_) if n in logical else raw_dt[n].base
+        if base.kind in "iuf":
+            base = base.newbyteorder("=")
+        descr.append((n.lower(), base, raw_dt[n].shape) if raw_dt[n].shape
+                     else (n.lower(), base))
+    out = np.empty(len(rows), dtype=descr)
+    for n in raw_dt.names:
+        if n in logical:
+            out[n.lower()] = raw[n] == ord("T")
+        else:
+            out[n.lower()] = raw[n]
     return out
