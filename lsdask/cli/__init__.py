@@ -21,6 +21,19 @@ from ..errors import LsdaskError
 COMMANDS = [
     "bricks",
     "survey_bricks",
+    "runbrick",
+    "sweeps",
+    "match",
+    "depth",
+    "run",
+    "status",
+    "tasks",
+    "retry",
+    "logs",
+    "clean",
+    "cluster",
+    "demo",
+    "simulate",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Stage graphs: what work a release needs, as Dask graphs, and their reductions."""

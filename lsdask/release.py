@@ -1,0 +1,272 @@
+"""A release, from Python: ``Release.from_config(path)``, ``.run(client)``, ``.status()``.
+
+::
+
+    from distributed import Client
+    from lsdask.jobqueue import make_cluster
+    from lsdask.release import Release
+
+    release = Release.from_config("release.toml")
+    client = Client(make_cluster("local"))
+    release.run(client)                    # all stages; or stages=["runbrick"]
+    release.status()                       # a pandas DataFrame, one row per stage
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ReleaseConfig, load_config
+from .errors import LsdaskError
+from .graphs.base import POST_STAGES, STAGES, TASK_STAGES, Context
+from .ledger import FAILURE_CLASSES, STATES, Ledger
+from .runner import Runner, RunSummary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What one :meth:`Release.run` did."""
+
+    run_id: int | None
+    stages: list[str]
+    summary: RunSummary
+    plans: dict[str, Any] = field(default_factory=dict)
+    post: dict[str, Any] = field(default_factory=dict)
+    report: str | None = None
+    dashboard: str | None = None
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.summary.total("failed") == 0 and all(
+            not (isinstance(v, dict) and v.get("error")) for v in self.post.values())
+
+
+class Release:
+    """One release: its configuration, layout and ledger."""
+
+    def __init__(self, config: ReleaseConfig):
+        self.config = config
+
+    @classmethod
+    def from_config(cls, config: str | os.PathLike | ReleaseConfig) -> Release:
+        if isinstance(config, ReleaseConfig):
+            return cls(config)
+        return cls(load_config(config))
+
+    @property
+    def layout(self):
+        return self.config.layout
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def ledger(self) -> Ledger:
+        """The ledger, read-only (raises when nothing has run yet)."""
+        return Ledger.open_readonly(self.layout.ledger)
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, client=None, stages: Sequence[str] | str | None = None,
+            force: Sequence[str] | bool = (), progress: str | bool | None = None,
+            window: int | None = None, report: bool = True, child: bool = True,
+            echo=None) -> RunResult:
+        """Run ``stages`` (default: all) on ``client`` (default: a cluster from the config's
+        profile, closed afterwards). ``force``: stage names to redo (True: all)."""
+        from .graphs.stages import build, normalize_stages
+        from .jobqueue import adapt, make_cluster, max_cores, uses_resources
+
+        t0 = time.time()
+        stages = normalize_stages(stages)
+        forced = frozenset(STAGES if force is True else (force or ()))
+        own_cluster = None
+        if client is None:
+            from distributed import Client
+
+            own_cluster = make_cluster(self.config.cluster.profile,
+                                       account=self.config.cluster.account)
+            if getattr(own_cluster, "lsdask_kind", "local") == "slurm":
+                adapt(own_cluster, self.config.cluster.adapt_min, self.config.cluster.adapt_max)
+            client = Client(own_cluster)
+        ledger = Ledger(self.layout.ledger)
+        try:
+            ledger.acquire()
+        except BaseException:
+            ledger.close()
+            if own_cluster is not None:
+                client.close()
+                own_cluster.close()
+            raise
+        run_id = ledger.start_run(self.config.hash(), stages)
+        outcome = "interrupted"
+        result = RunResult(run_id, stages, RunSummary())
+        try:
+            ctx = Context(self.config, ledger, forced, max_cores=max_cores(client), child=child)
+            report_path = None
+            cm: Any = contextlib.nullcontext()
+            if report and client is not None:
+                report_path = self.layout.report_dir / f"dask-performance-run{run_id}.html"
+                cm = _performance_report(report_path)
+            with cm:
+                task_stages = [s for s in stages if s in TASK_STAGES or s == "images"]
+                if task_stages:
+                    b = build(ctx, stages, client=client)
+                    result.plans = b.plans
+                    runner = Runner(client, ledger, window=window or self.config.cluster.window,
+                                    progress=progress, use_resources=uses_resources(client),
+                                    desc=self.name, echo=echo)
+                    result.dashboard = _link(client)
+                    result.summary = runner.run(b.tasks)
+                changed = result.summary.total("submitted") > 0
+                for stage in stages:
+                    if stage in POST_STAGES:
+                        prev = ledger.get(stage, stage)
+                        if (not changed and not ctx.forced(stage) and prev is not None
+                                and prev["state"] == "succeeded"):
+                            log.info("%s: up to date (nothing upstream changed)", stage)
+                            result.post[stage] = {"skipped": True}
+                            continue
+                        result.post[stage] = self._run_post(ctx, ledger, stage, client)
+                        changed = changed or result.post[stage] is not None
+            result.report = str(report_path) if report_path and report_path.exists() else None
+            outcome = "ok" if result.ok else "failures"
+            return result
+        finally:
+            result.elapsed = time.time() - t0
+            ledger.end_run(outcome)
+            ledger.close()
+            if own_cluster is not None:
+                client.close()
+                own_cluster.close()
+
+    def _run_post(self, ctx: Context, ledger: Ledger, stage: str, client) -> dict | None:
+        from .graphs.stages import post_function, run_post
+        from .task import classify
+
+        if post_function(stage) is None:
+            return None
+        ledger.ensure_tasks(stage, [stage])
+        ledger.mark_running([(stage, stage, 1, 1)])
+        ledger.commit()
+        t0, c0 = time.time(), time.process_time()
+        try:
+            out = run_post(ctx, stage, client)
+        except Exception as e:  # noqa: BLE001 - recorded; the run goes on
+            log.error("stage %s failed: %s", stage, e)
+            ledger.record(stage, stage, "failed", 1, count_failure=True,
+                          failure_class=classify(e), message=f"{type(e).__name__}: {e}"[:2000],
+                          start=t0, wall=time.time() - t0, threads=1)
+            return {"error": f"{type(e).__name__}: {e}"}
+        if out is None:
+            ledger.record(stage, stage, "succeeded", 1, start=t0, wall=time.time() - t0,
+                          threads=1, message="not configured")
+            return None
+        ledger.record(stage, stage, "succeeded", 1, start=t0, wall=time.time() - t0,
+                      cpu=time.process_time() - c0, threads=1)
+        return out
+
+    # -- operator views ---------------------------------------------------------------------
+    def status(self) -> Any:
+        """One row per stage: tasks by state, failures by class, core-hours, ETA (hours)."""
+        import pandas as pd
+
+        cols = [*STATES, *(f"failed:{c}" for c in FAILURE_CLASSES), "core_hours",
+                "core_hours_all_attempts", "eta_hours"]
+        if not self.layout.ledger.exists():
+            return pd.DataFrame(columns=cols).rename_axis("stage")
+        with self.ledger() as led:
+            rows = led.status_rows()
+            attempts = led.attempt_core_seconds()
+        return status_frame(rows, attempts)
+
+    def tasks(self, stage: str | None = None, state: str | None = None,
+              failure_class: str | None = None) -> Any:
+        import pandas as pd
+
+        with self.ledger() as led:
+            return pd.DataFrame(led.tasks(stage, state, failure_class))
+
+
+def status_frame(rows: list[dict], attempts: dict[str, float] | None = None) -> Any:
+    """The status table from :meth:`Ledger.status_rows` aggregates."""
+    import pandas as pd
+
+    order = {s: i for i, s in enumerate(STAGES)}
+    stages = sorted({r["stage"] for r in rows}, key=lambda s: (order.get(s, 99), s))
+    data = []
+    for st in stages:
+        rs = [r for r in rows if r["stage"] == st]
+        d: dict[str, Any] = {"stage": st}
+        for s in STATES:
+            d[s] = sum(r["n"] for r in rs if r["state"] == s)
+        for c in FAILURE_CLASSES:
+            d[f"failed:{c}"] = sum(r["n"] for r in rs if r["state"] == "failed"
+                                   and r["failure_class"] == c)
+        cs = sum(r["core_seconds"] for r in rs)
+        d["core_hours"] = cs / 3600.0
+        d["core_hours_all_attempts"] = (attempts or {}).get(st, cs) / 3600.0
+        done = [r for r in rs if r["state"] == "succeeded" and r["n_timed"]]
+        n_timed = sum(r["n_timed"] for r in done)
+        mean_wall = sum(r["wall_seconds"] for r in done) / n_timed if n_timed else None
+        remaining = d["pending"] + d["running"]
+        if remaining == 0:
+            d["eta_hours"] = 0.0
+        elif mean_wall is None:
+            d["eta_hours"] = float("nan")
+        else:
+            d["eta_hours"] = remaining * mean_wall / max(d["running"], 1) / 3600.0
+        data.append(d)
+    df = pd.DataFrame(data)
+    if len(df):
+        df = df.set_index("stage")
+    return df
+
+
+@contextlib.contextmanager
+def _performance_report(path: Path):
+    """Dask's performance report into ``path``; a failure to write it never fails the run."""
+    try:
+        import bokeh  # noqa: F401
+        from distributed import performance_report
+    except ImportError:
+        log.warning("bokeh not installed: no performance report")
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cm = performance_report(filename=str(path))
+    cm.__enter__()
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            cm.__exit__(None, None, None)
+        raise
+    try:
+        cm.__exit__(None, None, None)
+    except Exception as e:  # noqa: BLE001
+        log.warning("performance report not written: %s", e)
+
+
+def _link(client) -> str | None:
+    with contextlib.suppress(Exception):
+        return client.dashboard_link
+    return None
+
+
+def release_from_arg(path: str | os.PathLike) -> Release:
+    """CLI helper: a Release from a config path (a directory means its ``release.toml``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "release.toml"
+    if not p.exists():
+        raise LsdaskError(f"{p}: no such release configuration")
+    return Release.from_config(p)

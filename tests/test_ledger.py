@@ -1,0 +1,117 @@
+"""The ledger: lock (refusal, stale takeover), attempts, reset, fast status."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+
+from lsdask.ledger import Ledger, LedgerLocked
+from lsdask.release import status_frame
+
+
+def _hold_lock(path, ready, hold: float) -> None:
+    led = Ledger(path)
+    led.acquire()
+    ready.set()
+    time.sleep(hold)
+
+
+def test_second_driver_refused_then_stale_lock_taken_over(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_hold_lock, args=(path, ready, 60))
+    p.start()
+    try:
+        assert ready.wait(30)
+        led = Ledger(path)
+        with pytest.raises(LedgerLocked, match=f"pid {p.pid}"):
+            led.acquire()
+        os.kill(p.pid, signal.SIGKILL)  # the first driver dies without releasing
+        p.join(10)
+        led.acquire()  # dead PID on this host: stale, taken over
+        assert led.lock_info().pid == os.getpid()
+        led.close()
+    finally:
+        if p.is_alive():
+            p.kill()
+
+
+def test_old_heartbeat_is_stale(tmp_path):
+    led = Ledger(tmp_path / "l.sqlite")
+    led.acquire(heartbeat=False)
+    # pretend another host holds it with a heartbeat 10 minutes old
+    led._con.execute("UPDATE lock SET pid = 1, host = 'elsewhere', heartbeat = ?",
+                     (time.time() - 600,))
+    other = Ledger(tmp_path / "l.sqlite")
+    other.acquire(heartbeat=False)
+    assert other.lock_info().host != "elsewhere"
+    # a fresh heartbeat from another host is respected
+    other._con.execute("UPDATE lock SET pid = 1, host = 'elsewhere', heartbeat = ?",
+                       (time.time(),))
+    third = Ledger(tmp_path / "l.sqlite")
+    with pytest.raises(LedgerLocked, match="elsewhere"):
+        third.acquire(heartbeat=False)
+
+
+def test_attempts_reset_and_status(tmp_path):
+    led = Ledger(tmp_path / "l.sqlite")
+    with pytest.raises(Exception, match="lock"):
+        led.ensure_tasks("runbrick", ["a"])
+    led.acquire(heartbeat=False)
+    run = led.start_run("abc", ["runbrick"])
+    led.ensure_tasks("runbrick", ["a", "b", "c"])
+    led.mark_running([("runbrick", k, 1, 4) for k in "abc"])
+    led.record("runbrick", "a", "failed", 1, count_failure=True, final=False,
+               failure_class="oom", threads=4, wall=10.0)
+    led.mark_running([("runbrick", "a", 2, 2)])
+    led.record_many("runbrick", [("a", 2, {"threads": 2, "wall": 5.0, "host": "h"}),
+                                 ("b", 1, {"threads": 4, "wall": 3.0})])
+    led.record("runbrick", "c", "failed", 1, count_failure=True, failure_class="input",
+               message="bad file", threads=4, wall=1.0)
+    led.commit()
+    a = led.get("runbrick", "a")
+    assert a["state"] == "succeeded" and a["attempt"] == 2 and a["threads"] == 2
+    assert a["failures"] == 1 and a["run_id"] == run
+    hist = led.attempts("runbrick", "a")
+    assert [(h["state"], h["failure_class"], h["threads"]) for h in hist] == [
+        ("failed", "oom", 4), ("succeeded", None, 2)]
+    df = status_frame(led.status_rows(), led.attempt_core_seconds())
+    assert df.loc["runbrick", "succeeded"] == 2 and df.loc["runbrick", "failed"] == 1
+    assert df.loc["runbrick", "failed:input"] == 1
+    assert df.loc["runbrick", "core_hours"] == pytest.approx((10 + 12 + 4) / 3600)
+    assert df.loc["runbrick", "core_hours_all_attempts"] == pytest.approx(
+        (40 + 10 + 12 + 4) / 3600)
+    assert led.reset("runbrick", "oom") == 0
+    assert led.reset("runbrick", "input") == 1
+    assert led.get("runbrick", "c")["state"] == "pending"
+    led.end_run("ok")
+    led.close()
+    ro = Ledger.open_readonly(tmp_path / "l.sqlite")
+    assert ro.runs()[0]["outcome"] == "ok"
+    assert ro.lock_info() is None
+
+
+def test_status_on_many_rows_uses_aggregate_sql(tmp_path):
+    """10^5 rows here (the benchmark does 10^6): status is one GROUP BY, not a Python loop."""
+    led = Ledger(tmp_path / "l.sqlite")
+    led.acquire(heartbeat=False)
+    n = 100_000
+    led._begin()
+    led._con.executemany(
+        "INSERT INTO tasks (stage, key, state, failure_class, wall, threads) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (("runbrick", f"b{i}", "failed" if i % 10 == 0 else "succeeded",
+          "oom" if i % 10 == 0 else None, 1.0, 2) for i in range(n)))
+    led.commit()
+    df = status_frame(led.status_rows())
+    assert df.loc["runbrick", "succeeded"] == n - n // 10
+    assert df.loc["runbrick", "failed:oom"] == n // 10
+    plan = led._con.execute("EXPLAIN QUERY PLAN SELECT stage, state, failure_class, COUNT(*), "
+                            "TOTAL(wall*threads) FROM tasks GROUP BY stage, state, "
+                            "failure_class").fetchall()
+    assert any("COVERING INDEX" in str(tuple(r)) for r in plan)

@@ -1,0 +1,115 @@
+"""On the local Slurm (lsdask/jobqueue/local-slurm.sh start): SLURMCluster + adapt runs the
+runbrick stage; the ledger records Slurm job ids; scancel of a worker's job mid-brick ->
+the brick is redone elsewhere and the release completes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+
+import pytest
+from distributed import Client
+
+from lsdask.jobqueue import adapt, make_cluster
+from lsdask.processors.testing import (
+    check_all_bricks_once,
+    completions,
+    make_survey,
+    task_processes,
+    wait_for,
+    write_config,
+)
+from lsdask.release import Release
+
+pytestmark = pytest.mark.slurm
+
+CONF = "/var/tmp/lsdask-slurm/slurm.conf"
+
+
+def slurm_up() -> str | None:
+    """None when the local Slurm answers, else why not."""
+    if shutil.which("sinfo") is None:
+        return "Slurm is not installed"
+    env = dict(os.environ)
+    if os.path.exists(CONF):
+        env.setdefault("SLURM_CONF", CONF)
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                             timeout=10, env=env)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"sinfo failed: {e}"
+    states = out.stdout.split()
+    if out.returncode != 0 or not any(s in ("idle", "mixed", "allocated") for s in states):
+        return f"no idle Slurm node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
+    return None
+
+
+@pytest.fixture
+def slurm(monkeypatch):
+    why = slurm_up()
+    if why is not None:
+        msg = f"local Slurm not running ({why}); start it: lsdask/jobqueue/local-slurm.sh start"
+        if os.environ.get("LSDASK_REQUIRE_SLURM") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    if os.path.exists(CONF):
+        monkeypatch.setenv("SLURM_CONF", CONF)
+
+
+@pytest.fixture
+def release(tmp_path, monkeypatch, slurm):
+    cfg = write_config(tmp_path, bands=("g",), profile="local-slurm")
+    rel = Release.from_config(cfg)
+    make_survey(rel.layout, nexp=3, bands=("g",))
+    comp = tmp_path / "completions.txt"
+    monkeypatch.setenv("LSDASK_TESTING_COMPLETIONS", str(comp))
+    rel.completions = comp
+    return rel
+
+
+def test_slurm_adapt_runbrick_and_scancel(release, tmp_path, monkeypatch):
+    # zeropoints first (also on Slurm), then the runbrick stage with a job cancelled mid-brick
+    monkeypatch.setenv("LSDASK_TESTING_SLEEP", "4")
+    cluster = make_cluster("local-slurm", log_directory=tmp_path / "jobs")
+    cancelled = {}
+
+    def canceller():
+        def victim():
+            for p in task_processes():
+                job = p.environ().get("SLURM_JOB_ID")
+                if job:
+                    return p.environ()["LSDASK_TASK_KEY"].split("-", 1)[1], job
+            return None
+        brick, job = wait_for(victim, timeout=180)
+        cancelled["brick"], cancelled["job"] = brick, job
+        subprocess.run(["scancel", job], check=True)
+
+    try:
+        adapt(cluster, 0, 2)
+        with Client(cluster) as client:
+            res1 = release.run(client, stages=["images", "calibs", "zeropoints"],
+                               progress=False)
+            assert res1.ok
+            t = threading.Thread(target=canceller, daemon=True)
+            t.start()
+            res = release.run(client, stages=["images", "runbrick"], progress=False)
+            t.join(5)
+    finally:
+        cluster.close()
+    assert cancelled, "no Slurm job was cancelled"
+    assert res.ok, res.summary.failed
+    check_all_bricks_once(release)
+    with release.ledger() as led:
+        rows = led.tasks("runbrick", "succeeded")
+        assert rows and all(r["slurm_job_id"] for r in rows)
+        hist = led.attempts("runbrick", cancelled["brick"])
+        zrows = led.tasks("zeropoints", "succeeded")
+        assert all(r["slurm_job_id"] for r in zrows)
+    lost = [h for h in hist if h["state"] == "failed"]
+    assert lost and lost[0]["failure_class"] in ("worker-lost", "walltime")
+    assert hist[-1]["state"] == "succeeded"
+    assert hist[-1]["slurm_job_id"] != cancelled["job"]
+    assert len([k for w, k in completions(release.completions)
+                if w == "runbrick" and k == cancelled["brick"]]) == 1
