@@ -7,7 +7,9 @@ and 2 threads; prints wall time, peak RSS and the split by step, and the 2-threa
 (a ratio measured in the same session, on a shared machine).
 
     .venv/bin/python benchmarks/bench_runbrick.py [--workdir DIR] [--threads 1 2]
-        [--kernel lanczos3|spline3]
+        [--kernel lanczos3|spline3] [--repeat N]
+
+CPU time includes the forked worker processes (coadd workers and image writers).
 
 The simulated survey is kept in ``--workdir`` (default /tmp/lsdask-bench-runbrick) and
 reused by later runs.
@@ -69,8 +71,11 @@ def run_one(work: Path, threads: int, kernel: str) -> dict:
     res = run_runbrick(layout, BRICK, ccds, ["g", "r", "z"], opts)
     res["wall"] = time.time() - t
     ru = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)  # forked image writers
     res["peak_rss_gb"] = ru.ru_maxrss / 1e6
-    res["cpu"] = ru.ru_utime + ru.ru_stime
+    res["cpu"] = ru.ru_utime + ru.ru_stime + ch.ru_utime + ch.ru_stime
+    res["cpu_children"] = ch.ru_utime + ch.ru_stime
+    res["peak_rss_children_gb"] = ch.ru_maxrss / 1e6
     res["load"] = open("/proc/loadavg").read().split()[0]
     return res
 
@@ -80,6 +85,9 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lsdask-bench-runbrick"))
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--kernel", default="lanczos3", choices=("lanczos3", "spline3"))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the thread counts in turn this many times; the speed-up uses "
+                         "the fastest run of each (the machine is shared)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child-process mode
     args = ap.parse_args()
     if args.one:
@@ -87,8 +95,8 @@ def main() -> int:
         return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     simulate(args.workdir)
-    results = {}
-    for n in args.threads:
+    results: dict[int, dict] = {}
+    for n in [n for _ in range(max(1, args.repeat)) for n in args.threads]:
         p = subprocess.run([sys.executable, __file__, "--workdir", str(args.workdir),
                             "--kernel", args.kernel, "--one", str(n)],
                            capture_output=True, text=True, cwd=ROOT)
@@ -96,14 +104,19 @@ def main() -> int:
             print(p.stderr, file=sys.stderr)
             return 1
         r = json.loads(p.stdout.strip().splitlines()[-1])
-        results[n] = r
+        if n not in results or r["wall"] < results[n]["wall"]:
+            results[n] = r
         split = ", ".join(f"{k} {v:.1f}s" for k, v in r["timings"].items())
         print(f"threads={n} kernel={args.kernel}: wall {r['wall']:.1f} s, cpu {r['cpu']:.1f} s "
+              f"(of which {r['cpu_children']:.1f} s in forked workers) "
               f"(load avg {r['load']}), peak RSS "
-              f"{r['peak_rss_gb']:.2f} GB (estimate {r['memory_estimate_gb']:.2f} GB), "
+              f"{r['peak_rss_gb']:.2f} GB (largest forked worker "
+              f"{r['peak_rss_children_gb']:.2f} GB; estimate {r['memory_estimate_gb']:.2f} GB), "
               f"{r['nccds']} CCDs, {r['nsources']} sources; {split}")
     if 1 in results and 2 in results:
-        print(f"speed-up 2 threads vs 1: {results[1]['wall'] / results[2]['wall']:.2f}x")
+        best = " (fastest of each)" if args.repeat > 1 else ""
+        print(f"speed-up 2 threads vs 1{best}: "
+              f"{results[1]['wall'] / results[2]['wall']:.2f}x")
     return 0
 
 

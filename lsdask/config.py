@@ -103,7 +103,9 @@ class SweepsOptions:
 
 @dataclass
 class MatchOptions:
+    external: Path | None = None  # FITS catalogue with RA/DEC (or PLUG_RA/PLUG_DEC)
     radius: float = 1.5  # arcsec
+    copy: list[str] = field(default_factory=list)  # external columns copied to the output
 
 
 @dataclass

@@ -54,6 +54,9 @@ class DemoSettings:
         return cls.small() if os.environ.get("LSDASK_DEMO_SIZE") == "small" else cls()
 
 
+DEMO_EXTERNAL = "demo-targets.fits"
+
+
 def demo_config_toml(directory: Path, s: DemoSettings | None = None) -> str:
     """The demo's release configuration (TOML text)."""
     s = s or DemoSettings()
@@ -79,6 +82,10 @@ height = {s.brick_size}
 pixscale = {s.brick_pixscale}
 resample_kernel = "spline3"
 timeout = 600.0
+
+[stages.match]
+external = "survey/external/{DEMO_EXTERNAL}"
+copy = ["TRUTH_ID", "TRUE_FLUX_R"]
 
 [cluster]
 profile = "local"
@@ -106,11 +113,44 @@ def simulate_demo(directory: str | Path, settings: DemoSettings | None = None) -
     layout = ReleaseLayout(survey)
     marker = layout.truth
     if marker.exists():
+        if not (layout.external_inputs_dir / DEMO_EXTERNAL).exists():
+            write_demo_external(layout, s)
         return {"skipped": True, "truth": str(marker)}
     cfg = SimConfig(ramin=s.ramin, ramax=s.ramax, decmin=s.decmin, decmax=s.decmax,
                     bands=tuple(s.bands), ccd_width=s.ccd_width, ccd_height=s.ccd_height,
                     n_ccds=s.n_ccds, passes=s.passes, pixscale=s.pixscale)
-    return simulate_survey(survey, cfg)
+    out = simulate_survey(survey, cfg)
+    write_demo_external(layout, s)
+    return out
+
+
+def write_demo_external(layout, s: DemoSettings, n: int = 400, seed: int = 1) -> Path:
+    """A mock spectroscopic target list to match: bright truth sources inside the region
+    (``TRUTH_ID``, ``TRUE_FLUX_R``) plus 10 % random positions that match nothing."""
+    import fitsio
+    import numpy as np
+
+    from .atomic import atomic_path
+
+    truth = fitsio.read(str(layout.truth))
+    rng = np.random.default_rng(seed)
+    inside = ((truth["ra"] >= s.ramin) & (truth["ra"] < s.ramax)
+              & (truth["dec"] >= s.decmin) & (truth["dec"] < s.decmax))
+    bright = np.flatnonzero(inside & (truth["flux_r"] > 10.0))  # r < 20
+    pick = np.sort(rng.choice(bright, min(n, len(bright)), replace=False))
+    nfake = max(1, len(pick) // 10)
+    out = np.zeros(len(pick) + nfake, dtype=[("RA", "f8"), ("DEC", "f8"), ("TRUTH_ID", "i8"),
+                                             ("TRUE_FLUX_R", "f4")])
+    out["RA"][: len(pick)], out["DEC"][: len(pick)] = truth["ra"][pick], truth["dec"][pick]
+    out["TRUTH_ID"][: len(pick)] = truth["objid"][pick]
+    out["TRUE_FLUX_R"][: len(pick)] = truth["flux_r"][pick]
+    out["RA"][len(pick):] = rng.uniform(s.ramin, s.ramax, nfake)
+    out["DEC"][len(pick):] = rng.uniform(s.decmin, s.decmax, nfake)
+    out["TRUTH_ID"][len(pick):] = -1
+    path = layout.external_inputs_dir / DEMO_EXTERNAL
+    with atomic_path(path) as tmp:
+        fitsio.write(str(tmp), out, extname="TARGETS", clobber=True)
+    return path
 
 
 def run_demo(directory: str | Path, client=None, n_workers: int = 2,
@@ -135,7 +175,7 @@ def run_demo(directory: str | Path, client=None, n_workers: int = 2,
     if client is None:
         from distributed import Client
 
-        from .jobqueue import make_cluster
+        from .jobqueue import close_cluster, make_cluster
 
         own = make_cluster("local", n_workers=n_workers)
         client = Client(own)
@@ -144,8 +184,7 @@ def run_demo(directory: str | Path, client=None, n_workers: int = 2,
         res = release.run(client, progress=progress, echo=echo)
     finally:
         if own is not None:
-            client.close()
-            own.close()
+            close_cluster(client, own)
     return summarize(release, res, time.time() - t0)
 
 

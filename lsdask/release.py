@@ -83,7 +83,7 @@ class Release:
         """Run ``stages`` (default: all) on ``client`` (default: a cluster from the config's
         profile, closed afterwards). ``force``: stage names to redo (True: all)."""
         from .graphs.stages import build, normalize_stages
-        from .jobqueue import adapt, make_cluster, max_cores, uses_resources
+        from .jobqueue import adapt, close_cluster, make_cluster, max_cores, uses_resources
 
         t0 = time.time()
         stages = normalize_stages(stages)
@@ -103,8 +103,7 @@ class Release:
         except BaseException:
             ledger.close()
             if own_cluster is not None:
-                client.close()
-                own_cluster.close()
+                close_cluster(client, own_cluster)
             raise
         run_id = ledger.start_run(self.config.hash(), stages)
         outcome = "interrupted"
@@ -145,8 +144,7 @@ class Release:
             ledger.end_run(outcome)
             ledger.close()
             if own_cluster is not None:
-                client.close()
-                own_cluster.close()
+                close_cluster(client, own_cluster)
 
     def _run_post(self, ctx: Context, ledger: Ledger, stage: str, client) -> dict | None:
         from .graphs.stages import post_function, run_post

@@ -10,6 +10,7 @@ from lsdask.processors.lite.resample import (
     brick_to_ccd_map,
     interpolate,
     lanczos3,
+    lanczos3_map,
     lanczos3_weights,
     spline3,
 )
@@ -88,3 +89,22 @@ def test_brick_to_ccd_map_round_trip():
     far = TanWCS(b.ra + 1, b.dec, 250.5, 500.5, 0.0, s, s, 0.0, 500, 1000)
     assert brick_to_ccd_map(bw, lambda r, d: tuple(v - 1 for v in far.radec_to_pixel(r, d)),
                             500, 1000, far.corners()) is None
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_two_pass_lanczos_matches_direct(transposed):
+    """The separable two-pass Lanczos-3 on a brick-box map equals the direct 36-tap one
+    (exactly for an axis-aligned map; within 1e-3 of the peak for a 0.3 degree rotation)."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:120, 0:120].astype(float)
+    img = (_gauss(xx, yy, 40.3, 61.7, 1.8) + 0.01 * rng.standard_normal(xx.shape)
+           ).astype(np.float32)
+    v, u = np.mgrid[0:100, 0:70].astype(float)
+    for rot, tol in ((0.0, 1e-5), (0.005, 1e-3)):
+        if transposed:  # image x along the brick rows, as DECam CCDs
+            x, y = 5.3 + 0.99 * v + rot * u, 8.6 + 1.01 * u - rot * v
+        else:
+            x, y = 5.3 + 0.99 * u + rot * v, 8.6 + 1.01 * v - rot * u
+        a, b = lanczos3_map(img, x, y), lanczos3(img, x, y)
+        assert a.shape == b.shape == x.shape
+        assert np.max(np.abs(a - b)) < tol

@@ -53,7 +53,7 @@ def run(args) -> int:
     quiet_dask(args)
     from distributed import Client
 
-    from ..jobqueue import adapt, make_cluster
+    from ..jobqueue import adapt, close_cluster, make_cluster
     from ..release import release_from_arg
 
     release = release_from_arg(args.config)
@@ -78,9 +78,7 @@ def run(args) -> int:
         res = release.run(client, stages=args.stages, force=force or (),
                           progress=False if args.no_progress else None, window=args.window)
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        close_cluster(client, cluster)
     print_result(res)
     return 0 if res.ok else 1
 

@@ -166,11 +166,10 @@ def run_post(ctx: Context, stage: str, client=None) -> dict[str, Any] | None:
         return fn(layout, client=client, bands=list(ctx.config.bands))
     if stage == "match":
         opts = ctx.config.stages.match
-        external = getattr(opts, "external", None)
-        if not external:
+        if opts.external is None:
             log.info("match: no external catalogue configured ([stages.match] external)")
             return None
-        return fn(layout, external, client=client, radius=opts.radius)
+        return fn(layout, opts.external, client=client, radius=opts.radius, copy=opts.copy)
     return None
 
 

@@ -195,3 +195,17 @@ def max_cores(client) -> int | None:
                    or prof.get("local", {}).get("threads_per_worker", 1))
     except (TypeError, ValueError):
         return None
+
+
+def close_cluster(client, cluster) -> None:
+    """Shut down quietly: retire the workers first (so none is left heartbeating to a
+    scheduler that is gone), then close the client and the cluster."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        client.retire_workers(close_workers=True, remove=True)
+    with contextlib.suppress(Exception):
+        client.close()
+    if cluster is not None:
+        with contextlib.suppress(Exception):
+            cluster.close()

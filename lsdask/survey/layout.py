@@ -110,6 +110,11 @@ class ReleaseLayout:
         return self.survey_dir / "gaia"
 
     @property
+    def external_inputs_dir(self) -> Path:
+        """External catalogues to match against (inputs)."""
+        return self.survey_dir / "external"
+
+    @property
     def truth(self) -> Path:
         """Truth catalogue of a simulated survey."""
         return self.survey_dir / "truth" / "truth.fits"

@@ -31,25 +31,41 @@ def _header(wcs: TanWCS | None, extra: dict | None = None):
     return hdr
 
 
+#: Tile compression per coadd kind, as legacypipe's coadds: (method, qlevel, qmethod).
+#: A negative qlevel is an absolute quantisation step (no per-tile noise estimate, much
+#: faster); a positive one is relative to each tile's noise; None is lossless.
+COMPRESSION = {
+    "image": ("RICE", -1e-4, "SUBTRACTIVE_DITHER_2"),
+    "model": ("RICE", -1e-4, "SUBTRACTIVE_DITHER_2"),
+    "chi2": ("RICE", -0.1, "SUBTRACTIVE_DITHER_2"),
+    "invvar": ("RICE", 16.0, "NO_DITHER"),
+    "depth": ("GZIP_2", None, None),
+    "galdepth": ("GZIP_2", None, None),
+    "psfsize": ("GZIP_2", None, None),
+}
+#: Tile shape (rows, columns) of the compressed images (legacypipe uses 100 x 100).
+TILE = (100, 100)
+
+
 def write_image(path: Path, data: np.ndarray, wcs: TanWCS, extra: dict | None = None,
-                lossless: bool = False) -> Path:
-    """A tile-compressed (``.fits.fz``) image with the brick WCS. Float images are RICE
-    compressed with quantisation (lossy, as legacypipe) unless ``lossless`` (GZIP)."""
+                lossless: bool = False, kind: str | None = None) -> Path:
+    """A tile-compressed (``.fits.fz``) image with the brick WCS. Float images are compressed
+    as legacypipe's coadd of that ``kind`` (:data:`COMPRESSION`); other float images RICE with
+    quantisation relative to the noise (lossy) unless ``lossless`` (GZIP). Integer images
+    are RICE compressed (lossless)."""
     import fitsio
 
+    tiles = [min(TILE[0], data.shape[0]), min(TILE[1], data.shape[1])]
     with atomic_path(path) as tmp:
         with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
+            hdr = _header(wcs, extra)
             if data.dtype.kind == "f":
-                if lossless:
-                    f.write(data, header=_header(wcs, extra), compress="GZIP_2",
-                            tile_dims=[100, data.shape[1]], qlevel=None)
-                else:
-                    f.write(data, header=_header(wcs, extra), compress="RICE",
-                            tile_dims=[100, data.shape[1]], qlevel=16.0,
-                            qmethod="SUBTRACTIVE_DITHER_2", dither_seed=1)
+                method, q, qmethod = ("GZIP_2", None, None) if lossless else COMPRESSION.get(
+                    kind or "", ("RICE", 16.0, "SUBTRACTIVE_DITHER_2"))
+                kw = {} if qmethod is None else {"qmethod": qmethod, "dither_seed": 1}
+                f.write(data, header=hdr, compress=method, tile_dims=tiles, qlevel=q, **kw)
             else:
-                f.write(data, header=_header(wcs, extra), compress="RICE",
-                        tile_dims=[100, data.shape[1]])
+                f.write(data, header=hdr, compress="RICE", tile_dims=tiles)
     return Path(path)
 
 

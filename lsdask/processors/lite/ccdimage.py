@@ -165,7 +165,7 @@ def _smooth_sky(sky, x0: int, y0: int, w: int, h: int, step: int = 16) -> np.nda
     """The spline sky over a sub-image, evaluated every ``step`` pixels and interpolated
     bilinearly (the spline's nodes are hundreds of pixels apart, so this is exact to
     ~1e-6 of the sky level and much faster than a dense evaluation)."""
-    from .resample import _interp_matrix
+    from .resample import upsample_bilinear
 
     gx = np.unique(np.r_[np.arange(0, w, step), w - 1]).astype(float)
     gy = np.unique(np.r_[np.arange(0, h, step), h - 1]).astype(float)
@@ -173,7 +173,7 @@ def _smooth_sky(sky, x0: int, y0: int, w: int, h: int, step: int = 16) -> np.nda
         return sky.evaluate(x0, y0, w, h).astype(np.float32)
     GX, GY = np.meshgrid(gx + x0, gy + y0)
     vals = np.asarray(sky.at(GX.ravel(), GY.ravel()), dtype=float).reshape(GX.shape)
-    return (_interp_matrix(h, gy) @ vals @ _interp_matrix(w, gx).T).astype(np.float32)
+    return upsample_bilinear(vals, gy, gx, h, w, dtype=np.float32)
 
 
 def overlap_map(ccd: np.void, brick_wcs, header=None) -> tuple[CcdWcs, PixelMap | None]:
@@ -246,14 +246,14 @@ def read_ccd_image(layout: ReleaseLayout, ccd: np.void, row: int, brick_wcs) -> 
         except (OSError, ValueError, IndexError) as e:
             raise InputError(f"{p}: cannot read {what} HDU {hdu}: {e}") from None
 
-    img = subset(path, "image").astype(np.float32)
+    img = subset(path, "image").astype(np.float32, copy=False)
     wname = companion(fn, "oow")
     if wname is None:
         raise InputError(f"{path}: no weight-map name for this image")
-    wt = subset(layout.image(wname), "weight").astype(np.float32)
+    wt = subset(layout.image(wname), "weight").astype(np.float32, copy=False)
     dname = companion(fn, "ood")
-    dq = (subset(layout.image(dname), "mask").astype(np.int32) if dname is not None
-          else np.zeros(img.shape, np.int32))
+    dq = (subset(layout.image(dname), "mask") if dname is not None
+          else np.zeros(img.shape, np.int16))
     if img.shape != (y1 - y0, x1 - x0) or wt.shape != img.shape or dq.shape != img.shape:
         raise InputError(f"{path}: HDU {hdu} is smaller than its survey-ccds size {W}x{H}")
 
@@ -271,15 +271,25 @@ def read_ccd_image(layout: ReleaseLayout, ccd: np.void, row: int, brick_wcs) -> 
                          f"(ccdzpt={zpt}, exptime={exptime})")
     # counts -> nanomaggies: flux = counts / exptime * 10**((22.5 - zpt) / 2.5)
     scale = np.float32(10.0 ** ((22.5 - zpt) / 2.5) / exptime)
-    good = (wt > 0) & (dq == 0) & np.isfinite(img) & np.isfinite(wt)
-    ivar = np.where(good, wt / scale ** 2, 0).astype(np.float32)
-    img = np.where(good, (img - skyimg) * scale, 0).astype(np.float32)
+    good = wt > 0  # (False for NaN)
+    good &= dq == 0
+    good &= np.isfinite(img)
+    good &= np.isfinite(wt)
+    bad = ~good
+    ivar = np.multiply(wt, np.float32(1.0 / scale ** 2), dtype=np.float32)
+    ivar[bad] = 0
+    img = np.subtract(img, skyimg, dtype=np.float32)
+    img *= scale
+    img[bad] = 0
+    del skyimg, wt, good, bad
+    if dq.dtype != np.int16:
+        dq = np.clip(dq, -32768, 32767).astype(np.int16)
     pixscale = wcs.tan.pixscale
     fwhm_pix = float(psfmodel.fwhm)
     if not np.isfinite(fwhm_pix) or fwhm_pix <= 0:
         fwhm_pix = float(ccd["fwhm"])
     return CcdImage(row=row, band=band, x0=x0, y0=y0, img=img, ivar=ivar,
-                    dq=np.clip(dq, -32768, 32767).astype(np.int16), wcs=wcs, pmap=pmap, psf=psf,
+                    dq=dq, wcs=wcs, pmap=pmap, psf=psf,
                     psfmodel=psfmodel,
                     fwhm=fwhm_pix * pixscale,
                     psfnorm=float(np.sqrt(np.sum(psf.astype(float) ** 2))),

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from .ccdimage import CcdImage
-from .resample import interpolate, nearest
+from .resample import interpolate
 
 #: CP data-quality bit of saturated pixels (legacypipe's DQ_BITS['satur']).
 DQ_SATUR = 2
@@ -56,24 +56,35 @@ def resample_ccd(im: CcdImage, kernel: str) -> Resampled:
     pm = im.pmap
     x = pm.x - im.x0
     y = pm.y - im.y0
-    img = interpolate(im.img, x, y, kernel)
+    # Lanczos-3 as two separable 1-D passes on the (smooth, near axis-aligned) map
+    img = interpolate(im.img, x, y, "lanczos3_map" if kernel == "lanczos3" else kernel)
+    h, w = im.img.shape
+    # nearest CCD pixel (0-based) of each brick pixel; inside the CCD sub-image <=> covered
+    # (the sub-image edges are the CCD edges wherever the CCD ends inside the brick)
+    xi = np.floor(x + 0.5)
+    yi = np.floor(y + 0.5)
+    covered = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    idx = np.clip(yi, 0, h - 1).astype(np.intp)
+    idx *= w
+    idx += np.clip(xi, 0, w - 1).astype(np.intp)
+    del xi, yi
     bad = im.ivar <= 0
     reach = 3 if kernel == "lanczos3" else 2
+    src = im.ivar
     if bad.any():
         bad = ndimage.binary_dilation(bad, iterations=reach)
-    ivar = nearest(np.where(bad, 0, im.ivar).astype(np.float32), x, y, fill=np.float32(0))
-    h, w = im.img.shape
-    # the sub-image edges are the CCD edges wherever the CCD ends inside the brick
-    covered = (x > -0.5) & (x < w - 0.5) & (y > -0.5) & (y < h - 0.5)
+        src = np.where(bad, np.float32(0), im.ivar)
+    ivar = src.ravel().take(idx).reshape(x.shape).astype(np.float32, copy=False)
     ivar[~covered] = 0
-    img = np.where(ivar > 0, img, 0).astype(np.float32)
+    img[ivar <= 0] = 0
     sat = (im.dq & DQ_SATUR) != 0
-    satur = (nearest(sat, x, y, fill=False) & covered) if sat.any() else np.zeros(x.shape, bool)
+    satur = (sat.ravel().take(idx).reshape(x.shape) & covered) if sat.any() \
+        else np.zeros(x.shape, bool)
     slc = (slice(pm.by0, pm.by1), slice(pm.bx0, pm.bx1))
     pixscale = im.wcs.tan.pixscale
     r50 = psf_half_light(im.psf, im.fwhm / pixscale) * pixscale
-    return Resampled(im.row, im.band, slc, img, ivar, covered, satur, im.fwhm, im.psfnorm,
-                     im.galnorm, r50)
+    return Resampled(im.row, im.band, slc, img.astype(np.float32, copy=False), ivar, covered,
+                     satur, im.fwhm, im.psfnorm, im.galnorm, r50)
 
 
 @dataclass
@@ -102,15 +113,17 @@ class BandCoadd:
 
     def add(self, r: Resampled) -> None:
         s = r.slc
-        self.num[s] += r.img * r.ivar
+        tmp = np.multiply(r.img, r.ivar, dtype=np.float32)
+        self.num[s] += tmp
         self.invvar[s] += r.ivar
-        good = r.ivar > 0
-        self.nexp[s] += good
+        self.nexp[s] += r.ivar > 0
         self.ncov[s] += r.covered
-        self.psfdepth[s] += r.ivar * np.float32(r.psfnorm ** 2)
-        self.galdepth[s] += r.ivar * np.float32(r.galnorm ** 2)
-        self.psfsize[s] += r.ivar * np.float32(r.fwhm)
-        self.satur[s] |= r.satur
+        for acc, k in ((self.psfdepth, r.psfnorm ** 2), (self.galdepth, r.galnorm ** 2),
+                       (self.psfsize, r.fwhm)):
+            np.multiply(r.ivar, np.float32(k), out=tmp)
+            acc[s] += tmp
+        if r.satur.any():
+            self.satur[s] |= r.satur
         w = float(r.ivar.sum())
         self.r50_sum += w * r.psf_r50
         self.r50_w += w

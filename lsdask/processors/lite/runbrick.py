@@ -5,10 +5,12 @@ Steps (``run_runbrick``):
 1. select the CCDs that touch the brick (``ccd_cuts == 0``, requested bands);
 2. estimate the memory; :class:`~lsdask.processors.BrickMemoryError` above
    ``options.memory_limit_gb``;
-3. per CCD (in a thread pool of ``options.threads``): read only the overlap,
-   subtract the spline sky, scale to nanomaggies, resample onto the brick grid
+3. per CCD (with ``options.threads`` > 1 in that many forked worker processes,
+   results handed back through /dev/shm): read only the overlap, subtract the
+   spline sky, scale to nanomaggies, resample onto the brick grid
    (:mod:`.resample`); accumulate inverse-variance coadds in table order
-   (:mod:`.coadd`); checkpoint the coadds;
+   (:mod:`.coadd`); checkpoint the coadds; with several threads, start writing
+   the coadd images in forked processes while the next steps run;
 4. detect on a flat-SED matched-filter S/N map (:mod:`.detect`);
 5. forced PSF photometry on every CCD (threads again; the calibrated CCD pixels are
    kept in memory from step 3 when the memory limit allows, as legacypipe keeps its
@@ -203,8 +205,12 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
         if os.environ.get(KILL_ENV) == "coadds":
             os.kill(os.getpid(), signal.SIGKILL)
 
+    # the coadd images do not change from here on: with several threads, write them in
+    # forked processes while detection and photometry run
+    early = (_ImageWriter(coadd_jobs(layout, brickname, coadds), wcs, threads,
+                          background=True) if threads > 1 else None)
     t = time.time()
-    det = detect(coadds, wcs.pixscale, float(options.nsigma))
+    det = detect(coadds, wcs.pixscale, float(options.nsigma), threads)
     timings["detect"] = time.time() - t
     t = time.time()
     cat, models = measure(layout, brick, wcs, sel, coadds, det, bands, kernel, threads, images)
@@ -218,7 +224,7 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
     cat["maskbits"] = maskbits[iy, ix]
     cat["release"] = release
     products = write_products(layout, brick, wcs, sel, coadds, models, maskbits, det, uniq,
-                              threads=threads)
+                              threads=threads, early=early)
     hdr = tractor_header(brick, release, config_hash, kernel)
     with brickio.atomic_path(layout.tractor(brickname)) as tmp:
         write_tractor(tmp, cat, header={"EXTNAME": "CATALOG"}, primary_header=hdr)
@@ -243,21 +249,105 @@ def _load_and_resample(layout, sel, i, wcs, kernel):
     im = read_ccd_image(layout, sel[i], i, wcs)
     if im is None:
         return None
-    return im, resample_ccd(im, kernel)
+    r = resample_ccd(im, kernel)
+    # the kept image does not need the (float64, brick-box sized) pixel map any more
+    empty = np.zeros((0, 0))
+    im = dataclasses.replace(im, pmap=dataclasses.replace(im.pmap, x=empty, y=empty))
+    return im, r
+
+
+#: (layout, sel, wcs, kernel, keep_images) for forked coadd workers (set only around forking).
+_COADD_CTX: tuple | None = None
+
+
+def _coadd_task(i: int, shmdir: str | None):
+    layout, sel, wcs, kernel, keep = _COADD_CTX
+    out = _load_and_resample(layout, sel, i, wcs, kernel)
+    if out is None:
+        return None
+    im, r = out
+    return _share(im if keep else None, shmdir), _share(r, shmdir)
+
+
+@dataclasses.dataclass
+class _Shared:
+    """A numpy array handed over in a shared-memory file (unlinked once mapped)."""
+
+    path: str
+    dtype: str
+    shape: tuple
+
+
+def _share(obj, shmdir: str | None):
+    """``obj`` (a dataclass) with its large arrays moved to files in ``shmdir`` (tmpfs), so
+    that returning it from a worker process costs one copy instead of a pickle through a
+    pipe; arrays stay inline when that fails (e.g. a small /dev/shm)."""
+    if obj is None or shmdir is None:
+        return obj
+    import tempfile
+
+    changes = {}
+    for f in dataclasses.fields(obj):
+        a = getattr(obj, f.name)
+        if isinstance(a, np.ndarray) and a.nbytes >= 1 << 20:
+            try:
+                fd, path = tempfile.mkstemp(dir=shmdir)
+            except OSError:
+                continue
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    np.ascontiguousarray(a).tofile(fh)
+            except OSError:  # e.g. /dev/shm full: pickle it instead
+                os.unlink(path)
+                continue
+            changes[f.name] = _Shared(path, a.dtype.str, a.shape)
+    return dataclasses.replace(obj, **changes)
+
+
+def _unshare(obj):
+    """The inverse of :func:`_share`: maps the files (and unlinks them at once)."""
+    if obj is None:
+        return None
+    changes = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, _Shared):
+            changes[f.name] = np.memmap(v.path, dtype=np.dtype(v.dtype), mode="r+",
+                                        shape=v.shape)
+            os.unlink(v.path)
+    return dataclasses.replace(obj, **changes)
+
+
+def _shm_dir() -> str | None:
+    """A private directory in /dev/shm for worker results, or None without a usable one."""
+    import tempfile
+
+    if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
+        return None
+    try:
+        return tempfile.mkdtemp(prefix="lsdask-runbrick-", dir="/dev/shm")
+    except OSError:
+        return None
 
 
 def make_coadds(layout: ReleaseLayout, sel: np.ndarray, wcs, bands, kernel: str,
                 threads: int, keep_images: bool = False
                 ) -> tuple[dict[str, dict[str, np.ndarray]], list | None]:
     """Per-band coadd images (bands without any CCD are left out), and the calibrated CCD
-    images when ``keep_images``."""
+    images when ``keep_images``.
+
+    With several threads, CCDs are read and resampled in ``threads`` forked worker
+    processes (fitsio's decompression holds the GIL, so threads would serialise on it);
+    this process accumulates them in table order, so the coadds do not depend on the
+    number of threads."""
+    global _COADD_CTX
     shape = (wcs.height, wcs.width)
     acc = {b: BandCoadd(b, shape) for b in bands}
     used = set()
     images: list | None = [] if keep_images else None
-    with ThreadPoolExecutor(threads) as pool:
-        for out in pool.map(lambda i: _load_and_resample(layout, sel, i, wcs, kernel),
-                            range(len(sel))):
+
+    def consume(outs):
+        for out in outs:
             if out is None:
                 continue
             im, r = out
@@ -265,6 +355,25 @@ def make_coadds(layout: ReleaseLayout, sel: np.ndarray, wcs, bands, kernel: str,
             used.add(r.band)
             if images is not None:
                 images.append(im)
+
+    if threads > 1 and len(sel) > 1 and "fork" in mp.get_all_start_methods():
+        import shutil
+        from concurrent.futures import ProcessPoolExecutor
+
+        _COADD_CTX = (layout, sel, wcs, kernel, keep_images)
+        shmdir = _shm_dir()
+        try:
+            with ProcessPoolExecutor(threads, mp_context=mp.get_context("fork")) as pool:
+                futures = [pool.submit(_coadd_task, i, shmdir) for i in range(len(sel))]
+                _COADD_CTX = None
+                consume(None if out is None else (_unshare(out[0]), _unshare(out[1]))
+                        for out in (f.result() for f in futures))
+        finally:
+            _COADD_CTX = None
+            if shmdir is not None:
+                shutil.rmtree(shmdir, ignore_errors=True)
+    else:
+        consume(_load_and_resample(layout, sel, i, wcs, kernel) for i in range(len(sel)))
     return {b: acc[b].finish() for b in bands if b in used}, images
 
 
@@ -420,7 +529,7 @@ def unique_pixels(brick: Brick, wcs, step: int = 64) -> np.ndarray:
 
     RA/Dec are evaluated every ``step`` pixels and interpolated bilinearly (errors far
     below a pixel on a TAN grid this small)."""
-    from .resample import _interp_matrix
+    from .resample import upsample_bilinear
 
     gx = np.unique(np.r_[np.arange(0, wcs.width, step), wcs.width - 1]).astype(float)
     gy = np.unique(np.r_[np.arange(0, wcs.height, step), wcs.height - 1]).astype(float)
@@ -430,61 +539,94 @@ def unique_pixels(brick: Brick, wcs, step: int = 64) -> np.ndarray:
     GX, GY = np.meshgrid(gx + 1, gy + 1)
     ra, dec = wcs.pixel_to_radec(GX, GY)
     ra = np.unwrap(np.deg2rad(ra), axis=1)  # no jump at RA 0/360 inside the grid
-    mx, my = _interp_matrix(wcs.width, gx), _interp_matrix(wcs.height, gy)
-    ra_full = np.rad2deg(my @ ra @ mx.T)
-    dec_full = my @ dec @ mx.T
+    ra_full = np.rad2deg(upsample_bilinear(ra, gy, gx, wcs.height, wcs.width))
+    dec_full = upsample_bilinear(dec, gy, gx, wcs.height, wcs.width)
     return brick.contains(ra_full, dec_full)
 
 
-def write_products(layout: ReleaseLayout, brick: Brick, wcs, sel, coadds, models, maskbits,
-                   det: Detections, uniq: np.ndarray, threads: int = 1) -> list[Path]:
-    """Every per-brick product except the tractor file and the sha256sum."""
-    name = brick.brickname
+#: Coadd kinds that depend only on the coadds (written as soon as they exist).
+COADD_ONLY = ("image", "invvar", "nexp", "depth", "galdepth", "psfsize")
+
+
+def coadd_jobs(layout: ReleaseLayout, name: str, coadds, models=None,
+               kinds=COADD_ONLY) -> list[tuple]:
+    """(path, array, header extras, lossless, kind) of the coadd images of ``kinds``."""
     jobs = []
     for b, c in coadds.items():
-        for kind, keyname in COADD_PRODUCTS.items():
+        for kind in kinds:
+            keyname = COADD_PRODUCTS[kind]
             arr = models[b][keyname] if keyname in ("model", "chi2") else c[keyname]
             extra = {"BAND": b, "BRICKNAM": name, "IMTYPE": kind}
-            jobs.append((layout.coadd(name, kind, b), arr, extra, False))
+            jobs.append((layout.coadd(name, kind, b), arr, extra, False, kind))
+    return jobs
+
+
+def write_products(layout: ReleaseLayout, brick: Brick, wcs, sel, coadds, models, maskbits,
+                   det: Detections, uniq: np.ndarray, threads: int = 1,
+                   early: _ImageWriter | None = None) -> list[Path]:
+    """Every per-brick product except the tractor file and the sha256sum (``early``: the
+    coadd-only images, already being written)."""
+    name = brick.brickname
+    kinds = tuple(k for k in COADD_PRODUCTS if early is None or k not in COADD_ONLY)
+    jobs = coadd_jobs(layout, name, coadds, models, kinds)
     jobs.append((layout.coadd(name, "maskbits.fits.fz"), maskbits,
                  {"BRICKNAM": name, **{f"MB_{k}"[:8]: v for k, v in brickio.MASKBITS.items()}},
-                 True))
+                 True, "maskbits"))
 
-    paths = _write_images(jobs, wcs, threads)
+    late = _ImageWriter(jobs, wcs, threads, background=threads > 1)
     depth = brickio.depth_table(coadds, uniq, tuple(dict.fromkeys(OPTICAL_BANDS + tuple(coadds))))
-    paths.append(brickio.write_table(layout.coadd(name, "depth.fits"), depth,
-                                     {"BRICKNAM": name}))
+    tables = [brickio.write_table(layout.coadd(name, "depth.fits"), depth, {"BRICKNAM": name})]
     ccdtab = ccds_table(sel, wcs)
-    paths.append(brickio.write_table(layout.coadd(name, "ccds.fits"), ccdtab,
-                                     {"BRICKNAM": name}, extname="CCDS"))
-    paths.append(brickio.rgb_jpeg(layout.coadd(name, "image.jpg"), coadds))
-    paths.append(brickio.write_blobs(layout.blobs(name), det.segmap, wcs))
-    return paths
+    tables.append(brickio.write_table(layout.coadd(name, "ccds.fits"), ccdtab,
+                                      {"BRICKNAM": name}, extname="CCDS"))
+    tables.append(brickio.rgb_jpeg(layout.coadd(name, "image.jpg"), coadds))
+    tables.append(brickio.write_blobs(layout.blobs(name), det.segmap, wcs))
+    paths = (early.result() if early is not None else []) + late.result()
+    return paths + tables
 
 
 _WRITE_JOBS: list = []
 
 
 def _write_job(i: int) -> Path:
-    path, arr, extra, lossless, wcs = _WRITE_JOBS[i]
-    return brickio.write_image(path, arr, wcs, extra, lossless=lossless)
+    path, arr, extra, lossless, kind, wcs = _WRITE_JOBS[i]
+    return brickio.write_image(path, arr, wcs, extra, lossless=lossless, kind=kind)
 
 
-def _write_images(jobs: list, wcs, threads: int) -> list[Path]:
-    """Write the compressed images; with several threads, in forked worker processes (the
-    FITS compression holds the GIL, so threads would not help; forked children inherit the
-    arrays without copying them)."""
-    global _WRITE_JOBS
-    _WRITE_JOBS = [(*j, wcs) for j in jobs]
-    try:
-        if threads > 1 and len(jobs) > 1 and "fork" in mp.get_all_start_methods():
+class _ImageWriter:
+    """Writes compressed images: in the ``background`` in ``nproc`` forked worker processes,
+    started at once and running concurrently with the caller (the FITS compression holds the
+    GIL, so threads would not help; forked children inherit the arrays without copying
+    them); else in this process when :meth:`result` is called."""
+
+    def __init__(self, jobs: list, wcs, nproc: int, background: bool):
+        global _WRITE_JOBS
+        self.jobs = [(*j, wcs) for j in jobs]
+        self.futures = None
+        self.pool = None
+        if background and jobs and "fork" in mp.get_all_start_methods():
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(threads, mp_context=mp.get_context("fork")) as pool:
-                return list(pool.map(_write_job, range(len(jobs))))
-        return [_write_job(i) for i in range(len(jobs))]
-    finally:
-        _WRITE_JOBS = []
+            _WRITE_JOBS = self.jobs  # inherited by the forked workers
+            try:
+                self.pool = ProcessPoolExecutor(nproc, mp_context=mp.get_context("fork"))
+                # (with "fork", every worker is forked at the first submit)
+                self.futures = [self.pool.submit(_write_job, i) for i in range(len(jobs))]
+            finally:
+                _WRITE_JOBS = []
+
+    def result(self) -> list[Path]:
+        global _WRITE_JOBS
+        if self.futures is None:
+            _WRITE_JOBS = self.jobs
+            try:
+                return [_write_job(i) for i in range(len(self.jobs))]
+            finally:
+                _WRITE_JOBS = []
+        try:
+            return [f.result() for f in self.futures]
+        finally:
+            self.pool.shutdown()
 
 
 def ccds_table(sel: np.ndarray, wcs) -> np.ndarray:
