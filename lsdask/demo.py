@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 #: Scale of the demo (pixel scale in arcsec/pixel of images and of brick images).
 DEMO_PIXSCALE = 1.0
-DEMO_BRICK_PIXSCALE = 1.572  # brick 0.25 deg = 3600 * 0.262" = 600 pixels at 1.572"
+DEMO_BRICK_PIXSCALE = 1.0  # as the images: 3600 * 0.262" = 943.2" -> 944 pixels at 1.0"
 
 
 @dataclass
@@ -36,7 +36,7 @@ class DemoSettings:
     n_ccds: int = 4
     passes: int = 1
     pixscale: float = DEMO_PIXSCALE
-    brick_size: int = 600
+    brick_size: int = 944
     brick_pixscale: float = DEMO_BRICK_PIXSCALE
     threads: int = 1
     name: str = "demo"

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .processors.lite.psfphot import moffat_stamp, pixel_oversample
 from .survey.camera import Camera, get_camera
 from .survey.layout import ReleaseLayout
 from .survey.refcat import chunk_name, healpix_ring
@@ -109,30 +110,6 @@ class SimConfig:
             names = sorted(names, key=lambda n: (round(abs(fp[n][1]), 3), round(abs(fp[n][0]), 3),
                                                  fp[n][0], fp[n][1]))[: self.n_ccds]
         return w, h, s, names
-
-
-def moffat_stamp(fwhm: float, beta: float, half: int, dx: float = 0.0,
-                 dy: float = 0.0, oversample: int = 1) -> np.ndarray:
-    """Unit-integral circular Moffat on a (2 half + 1)^2 stamp centred at (half + dx, half + dy):
-    sampled at pixel centres (``oversample=1``) or averaged over ``oversample``^2 sub-pixels
-    (pixel-integrated, for undersampled PSFs; see :func:`pixel_oversample`)."""
-    alpha = fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
-    n = max(1, int(oversample))
-    sub = (np.arange(n) + 0.5) / n - 0.5
-    g = np.arange(-half, half + 1, dtype=float)
-    gx = (g[:, None] + sub[None, :]).ravel() - dx
-    gy = (g[:, None] + sub[None, :]).ravel() - dy
-    r2 = gx[None, :] ** 2 + gy[:, None] ** 2
-    img = (beta - 1.0) / (math.pi * alpha * alpha) * (1.0 + r2 / (alpha * alpha)) ** (-beta)
-    if n > 1:
-        m = 2 * half + 1
-        img = img.reshape(m, n, m, n).mean(axis=(1, 3))
-    return img
-
-
-def pixel_oversample(fwhm_pix: float) -> int:
-    """Sub-pixel sampling used for Moffat stamps: 1 when well sampled (FWHM >= 3 px), else 5."""
-    return 1 if fwhm_pix >= 3.0 else 5
 
 
 def _galaxy_stamp(kind: str, re_pix: float, e1: float, e2: float, half: int, dx: float,

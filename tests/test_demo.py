@@ -17,6 +17,32 @@ def attempts(release) -> int:
         return led._con.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
 
 
+def check_matched_targets_against_truth(layout) -> None:
+    """End to end (simulated images -> lite calibs -> zeropoints -> runbrick -> match): the
+    demo's mock targets are bright truth sources plus random positions."""
+    import numpy as np
+
+    from lsdask.demo import DEMO_EXTERNAL
+
+    out = layout.external(DEMO_EXTERNAL.split(".")[0])
+    m = fitsio.read(str(out), ext="MATCHED", columns=["OBJID", "TRUTH_ID", "FLUX_R",
+                                                      "TRUE_FLUX_R", "MATCH_DIST"])
+    truth = fitsio.read(str(layout.truth), columns=["objid", "type"])
+    types = dict(zip(truth["objid"].tolist(), np.char.strip(truth["type"].astype("U")),
+                     strict=True))
+    fake = m["TRUTH_ID"] < 0
+    # random positions match only by chance (within the 1.5" radius)
+    assert fake.any() and np.mean(m["OBJID"][fake] >= 0) < 0.25
+    assert np.all(m["MATCH_DIST"][m["OBJID"] >= 0] <= 1.5)
+    psf = ~fake & np.array([types.get(t) == "PSF" for t in m["TRUTH_ID"].tolist()])
+    psf &= m["TRUE_FLUX_R"] < 250  # unsaturated
+    found = psf & (m["OBJID"] >= 0)
+    assert found.sum() >= 0.8 * psf.sum() and found.sum() >= 10
+    ratio = np.median(m["FLUX_R"][found] / m["TRUE_FLUX_R"][found])
+    assert abs(ratio - 1) < 0.05, ratio
+    assert np.median(m["MATCH_DIST"][found]) < 0.3
+
+
 def test_demo_chain_then_rerun_skips_everything(tmp_path, capsys):
     settings = DemoSettings.small()
     cluster = make_cluster("local", n_workers=2)
@@ -38,6 +64,7 @@ def test_demo_chain_then_rerun_skips_everything(tmp_path, capsys):
             assert (st[["pending", "running", "failed"]].to_numpy() == 0).all(), st.to_string()
             if s["report"]:
                 assert layout.report_dir.exists()
+            check_matched_targets_against_truth(layout)
             # second run: nothing re-run
             n = attempts(release)
             mtimes = {b: layout.tractor(b).stat().st_mtime_ns for b in bricks}

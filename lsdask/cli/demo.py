@@ -17,17 +17,9 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def quiet_dask(args) -> None:
-    """Dask's INFO chatter off the console (workers inherit the environment)."""
-    import logging
-    import os
-
-    if not getattr(args, "verbose", False):
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-        logging.getLogger("distributed").setLevel(logging.WARNING)
-
-
 def run(args) -> int:
+    from .run import quiet_dask
+
     quiet_dask(args)
     from ..demo import format_summary, run_demo
 

@@ -47,6 +47,8 @@ def quiet_dask(args) -> None:
     if not getattr(args, "verbose", False):
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         logging.getLogger("distributed").setLevel(logging.WARNING)
+        # harmless "Sizeof calculation ... failed" notes about task arguments
+        logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
 
 
 def run(args) -> int:

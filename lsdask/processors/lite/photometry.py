@@ -144,8 +144,16 @@ def forced_phot_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray) -> CcdPhot:
     xs, ys = x[idx], y[idx]
     ix, iy = np.rint(xs).astype(np.int64), np.rint(ys).astype(np.int64)
     dx, dy = xs - ix, ys - iy
-    Ps = psf_stamps(im.psfmodel, xs + im.x0, ys + im.y0, r)
-    stamps = fourier_shift(P if Ps is None else Ps, dx, dy)
+    model = im.psfmodel
+    if model is not None and getattr(model, "_fine", 0):
+        # finely sampled model of an undersampled PSF: shift on the fine grid, then sample
+        # (a Fourier shift of an aliased native-pixel stamp would lose flux)
+        stamps = np.stack([model.stamp(float(px), float(py), float(ox), float(oy), half=r)
+                           for px, py, ox, oy in zip(ix + im.x0, iy + im.y0, dx, dy,
+                                                     strict=True)]).astype(np.float32)
+    else:
+        Ps = psf_stamps(model, xs + im.x0, ys + im.y0, r)
+        stamps = fourier_shift(P if Ps is None else Ps, dx, dy)
     # cutouts from the zero-padded CCD arrays
     img = np.pad(im.img, r)
     ivar = np.pad(im.ivar, r)
