@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..survey.layout import ReleaseLayout
 from ..task import TaskSpec
-from .base import PRIORITY, Context, Plan, plan_keys, processor_call
-from .images import image_key
+from . import perimage
+from .base import PRIORITY, Context, Plan
+
+STAGE = "zeropoints"
+PRIO = PRIORITY[STAGE]
 
 
 def plan(ctx: Context, images: list[str]) -> tuple[Plan, dict[str, str]]:
-    by_key = {image_key(n): n for n in images}
-    p = plan_keys(ctx, "zeropoints", by_key, lambda k: processor_call(
-        ctx.processor, "zeropoints_done", ctx.layout, by_key[k]))
-    return p, by_key
+    return perimage.plan(ctx, STAGE, images)
 
 
 def spec(ctx: Context, key: str, image_filename: str) -> TaskSpec:
-    opts = ctx.config.stages.zeropoints
-    return TaskSpec("zeropoints", key, "lsdask.graphs.zeropoints:zeropoints_task",
-                    {"layout": ctx.layout, "processor": ctx.processor,
-                     "image_filename": image_filename, "options": opts,
-                     "force": ctx.forced("zeropoints")},
-                    threads=1, timeout=opts.timeout,
-                    log=str(ctx.layout.log("zeropoints", key)), child=ctx.child)
-
-
-def zeropoints_task(threads: int, layout: ReleaseLayout, processor: str, image_filename: str,
-                    options: Any, force: bool = False) -> dict[str, Any]:
-    """Run in the task process: zeropoints of one image unless already done."""
-    if not force and processor_call(processor, "zeropoints_done", layout, image_filename):
-        return {"skipped": True}
-    return processor_call(processor, "run_zeropoints", layout, image_filename, options)
-
-
-PRIO = PRIORITY["zeropoints"]
+    return perimage.spec(ctx, STAGE, key, image_filename)
