@@ -61,18 +61,21 @@ class ImagesOptions:
 class CalibsOptions:
     force: bool = False
     timeout: float = 1800.0
+    processor: str | None = None  # default: [release] processor
 
 
 @dataclass
 class ZeropointsOptions:
     force: bool = False
     timeout: float = 1800.0
+    processor: str | None = None
 
 
 @dataclass
 class CcdsOptions:
     force: bool = False
     depth_cut: bool = False
+    processor: str | None = None  # legacypipe: the kd-tree with legacypipe's create_kdtrees
 
 
 @dataclass
@@ -94,6 +97,8 @@ class RunbrickOptions:
     max_retries: int = 3
     zoom: list[int] | None = None  # [x0, x1, y0, y1] of the brick grid (legacypipe --zoom)
     resample_kernel: str = "lanczos3"  # or "spline3" (scipy cubic spline, faster)
+    processor: str | None = None
+    radec: list[float] | None = None  # legacypipe: a custom brick centred here (--radec)
 
 
 @dataclass
@@ -118,6 +123,44 @@ class StagesOptions:
     runbrick: RunbrickOptions = field(default_factory=RunbrickOptions)
     sweeps: SweepsOptions = field(default_factory=SweepsOptions)
     match: MatchOptions = field(default_factory=MatchOptions)
+
+
+@dataclass
+class LegacypipeSection:
+    """How to call the real legacypipe (``[legacypipe]``); see ``lsdask.processors.legacypipe``.
+
+    The launcher is ``command`` (e.g. ``["shifter", "--image=docker:legacysurvey/legacypipe:
+    DR11.1.0", "python", "-O"]``), else ``python`` (a native install), else ``prefix`` or the
+    prefix named by ``$LSDASK_LEGACYPIPE_PREFIX`` (built by the vendored ``build.sh``).
+    Reference catalogues default to the survey dir (``gaia/`` chunks, ``tycho2.kd.fits``) as
+    legacypipe's tests do.
+    """
+
+    python: Path | None = None
+    command: list[str] | None = None
+    prefix: Path | None = None  # a build.sh prefix (its env.sh is sourced)
+    pythonpath: list[Path] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    gaia_cat_dir: Path | None = None  # default <survey_dir>/gaia
+    gaia_cat_ver: str = "2"
+    gaia_cat_prefix: str = "chunk"
+    gaia_cat_scheme: str = "ring"
+    tycho2_kd_dir: Path | None = None  # default <survey_dir>
+    dust_dir: Path | None = None
+    largegalaxies_cat: Path | None = None
+    sky_template_dir: Path | None = None
+    unwise_coadds_dir: Path | None = None
+    unwise_coadds_timeresolved_dir: Path | None = None
+    unwise_model_sky_dir: Path | None = None
+    skip_calibs: bool = True  # runbrick --skip-calibs (the calibs stage made them)
+    wise: bool = False  # unWISE forced photometry (needs unwise_coadds_dir)
+    gaia_stars: bool = True
+    tycho_stars: bool = True
+    large_galaxies: bool = False
+    checkpoint_period: int = 600  # seconds (runbrick --checkpoint-period)
+    write_stages: list[str] = field(default_factory=lambda: ["srcs"])  # --write-stage
+    extra_args: list[str] = field(default_factory=list)  # more runbrick arguments
+    zeropoints_args: list[str] = field(default_factory=list)  # more legacy_zeropoints args
 
 
 @dataclass
@@ -156,6 +199,7 @@ class ReleaseConfig:
     regions: dict[str, RegionSection] = field(default_factory=dict)
     stages: StagesOptions = field(default_factory=StagesOptions)
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    legacypipe: LegacypipeSection = field(default_factory=LegacypipeSection)
     path: Path | None = None
 
     @property
@@ -169,6 +213,11 @@ class ReleaseConfig:
     @property
     def layout(self) -> ReleaseLayout:
         return ReleaseLayout(self.release.survey_dir, self.release.release_dir, self.release.name)
+
+    def processor_name(self, stage: str) -> str:
+        """The processor of ``stage``: ``[stages.<stage>] processor``, else ``[release]``'s."""
+        opts = getattr(self.stages, stage, None)
+        return getattr(opts, "processor", None) or self.release.processor
 
     def region_box(self) -> Region | None:
         """The release region as a :class:`Region`, or None for the whole sky."""
@@ -207,6 +256,9 @@ def resolve_region(sec: RegionSection, user: dict[str, RegionSection], file: str
         raise ConfigError(f"{file}: key '{key}.dec' must satisfy -90 <= min <= max <= 90")
     return Region(float(sec.ra[0]), float(sec.ra[1]), float(sec.dec[0]), float(sec.dec[1]))
 
+
+#: Processors a configuration may name (``lsdask.processors.<name>``).
+PROCESSORS = ("lite", "legacypipe", "testing")
 
 _VAR = re.compile(r"\$(\w+|\{[^}]*\})")
 
@@ -299,6 +351,13 @@ def parse_config(data: dict, file: str = "<config>", base: Path | None = None) -
         cfg.region_box()  # validate now, errors name the key
     for name, sec in cfg.regions.items():
         resolve_region(sec, {}, file, f"regions.{name}")
+    for stage in ("release", *(f.name for f in dataclasses.fields(StagesOptions))):
+        sec = cfg.release if stage == "release" else getattr(cfg.stages, stage)
+        name = getattr(sec, "processor", None)
+        if name is not None and name not in PROCESSORS:
+            key = "release.processor" if stage == "release" else f"stages.{stage}.processor"
+            raise ConfigError(f"{file}: key '{key}': unknown processor {name!r} "
+                              f"(known: {', '.join(PROCESSORS)})")
     r = cfg.stages.runbrick
     if r.threads < 1:
         raise ConfigError(f"{file}: key 'stages.runbrick.threads' must be >= 1")

@@ -40,6 +40,16 @@ class DemoSettings:
     brick_pixscale: float = DEMO_BRICK_PIXSCALE
     threads: int = 1
     name: str = "demo"
+    processor: str = "lite"  # runbrick's processor: lite or legacypipe (the real runbrick)
+    zoom: tuple[int, int, int, int] | None = None  # runbrick --zoom of every brick
+
+    @classmethod
+    def legacypipe(cls, zoom: tuple[int, int, int, int] | None = None) -> DemoSettings:
+        """The demo with legacypipe's runbrick: the 4 bricks of RA 180-180.25, Dec 32-32.25
+        (legacypipe takes minutes per brick where lite takes seconds); lite calibs and
+        zeropoints."""
+        return cls(ramin=180.0, ramax=180.25, decmin=32.0, decmax=32.25, processor="legacypipe",
+                   threads=2, zoom=zoom)
 
     @classmethod
     def small(cls) -> DemoSettings:
@@ -61,6 +71,17 @@ def demo_config_toml(directory: Path, s: DemoSettings | None = None) -> str:
     """The demo's release configuration (TOML text)."""
     s = s or DemoSettings()
     bands = ", ".join(f'"{b}"' for b in s.bands)
+    runbrick_extra = ""
+    legacypipe = ""
+    if s.zoom:
+        runbrick_extra += f"zoom = {list(s.zoom)}\n"
+    if s.processor == "legacypipe":
+        # the simulated survey has Gaia-like chunks without Gaia's full columns and no
+        # Tycho-2 kd-tree: legacypipe runs without its reference stars here
+        runbrick_extra += 'processor = "legacypipe"\ntimeout = 3600.0\n'
+        legacypipe = "\n[legacypipe]\ngaia_stars = false\ntycho_stars = false\n"
+    else:
+        runbrick_extra += 'resample_kernel = "spline3"\ntimeout = 600.0\n'
     return f"""# lsdask demo release (written by `lsdask demo`)
 [release]
 name = "{s.name}"
@@ -80,9 +101,7 @@ threads = {s.threads}
 width = {s.brick_size}
 height = {s.brick_size}
 pixscale = {s.brick_pixscale}
-resample_kernel = "spline3"
-timeout = 600.0
-
+{runbrick_extra}
 [stages.match]
 external = "survey/external/{DEMO_EXTERNAL}"
 copy = ["TRUTH_ID", "TRUE_FLUX_R"]
@@ -90,7 +109,7 @@ copy = ["TRUTH_ID", "TRUE_FLUX_R"]
 [cluster]
 profile = "local"
 window = 200
-"""
+{legacypipe}"""
 
 
 def write_demo_config(directory: str | Path, settings: DemoSettings | None = None) -> Path:
@@ -218,6 +237,8 @@ def summarize(release, res, elapsed: float) -> dict[str, Any]:
         "dashboard": res.dashboard,
         "status": st,
         "elapsed": elapsed,
+        "processors": {k: release.config.processor_name(k)
+                       for k in ("calibs", "zeropoints", "runbrick")},
     }
 
 
@@ -234,6 +255,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  catalogues:  {s['tractor_dir']}",
         f"  coadds:      {s['coadd_dir']}",
         f"  whole-release stages: {post or 'none'}",
+        "  processors: " + ", ".join(f"{k} {v}" for k, v in s["processors"].items()),
         f"  performance report: {s['report']}",
         f"  dashboard (while it ran): {s['dashboard']}",
         "",

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import ReleaseConfig
 from ..ledger import Ledger
+from ..processors import ProcessorRef
 from ..survey.layout import ReleaseLayout
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ class Context:
     @property
     def processor(self) -> str:
         return self.config.release.processor
+
+    def processor_for(self, stage: str) -> ProcessorRef:
+        """The processor of ``stage`` with its settings (``[legacypipe]`` for legacypipe)."""
+        name = self.config.processor_name(stage)
+        settings = self.config.legacypipe if name == "legacypipe" else None
+        return ProcessorRef(name, settings)
 
     def forced(self, stage: str) -> bool:
         opts = getattr(self.config.stages, stage, None)
@@ -92,8 +99,7 @@ def plan_keys(ctx: Context, stage: str, keys: Iterable[str],
     return plan
 
 
-def processor_call(processor: str, name: str, *args: Any, **kwargs: Any) -> Any:
-    """Call ``lsdask.processors.<processor>.<name>``."""
-    from ..processors import get_processor
-
-    return getattr(get_processor(processor), name)(*args, **kwargs)
+def processor_call(processor: str | ProcessorRef, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``lsdask.processors.<processor>.<name>`` (with the processor's settings)."""
+    ref = processor if isinstance(processor, ProcessorRef) else ProcessorRef(processor)
+    return ref.call(name, *args, **kwargs)

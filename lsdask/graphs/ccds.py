@@ -1,8 +1,9 @@
 """Stage ``ccds``: merge the per-exposure zeropoint tables into the survey-ccds table.
 
 Writes ``layout.survey_ccds`` (FITS, ``ccd_cuts`` as computed by the zeropoints),
-its Parquet copy ``layout.survey_ccds_parquet`` and, when astrometry.net's
-``startree`` is installed, the kd-tree file ``layout.survey_ccds_kd`` (skipped
+its Parquet copy ``layout.survey_ccds_parquet`` and the kd-tree file
+``layout.survey_ccds_kd``: with the ``legacypipe`` processor by legacypipe's
+``create_kdtrees``, else with astrometry.net's ``startree`` when installed (skipped
 with a notice otherwise). One task, downstream of every zeropoint task of the run.
 """
 
@@ -14,6 +15,7 @@ import subprocess
 from typing import Any
 
 from ..atomic import atomic_path
+from ..processors import ProcessorRef
 from ..survey.layout import ReleaseLayout
 from ..task import TaskSpec
 from .base import PRIORITY, Context, Plan, plan_keys
@@ -36,7 +38,8 @@ def plan(ctx: Context, stale: bool = False) -> Plan:
 def spec(ctx: Context, images: list[str]) -> TaskSpec:
     return TaskSpec("ccds", KEY, "lsdask.graphs.ccds:ccds_task",
                     {"layout": ctx.layout, "images": images,
-                     "depth_cut": ctx.config.stages.ccds.depth_cut},
+                     "depth_cut": ctx.config.stages.ccds.depth_cut,
+                     "processor": ctx.processor_for("ccds")},
                     threads=1, log=str(ctx.layout.log("ccds", KEY)), child=ctx.child)
 
 
@@ -54,7 +57,7 @@ def make_kd(layout: ReleaseLayout) -> str:
 
 
 def ccds_task(threads: int, layout: ReleaseLayout, images: list[str],
-              depth_cut: bool = False) -> dict[str, Any]:
+              depth_cut: bool = False, processor: ProcessorRef | None = None) -> dict[str, Any]:
     """Run in the task process: merge, write FITS + Parquet (+ kd-tree)."""
     from ..survey.ccds import ccds_from_arrow, merge_ccd_files, write_ccds, write_ccds_parquet
 
@@ -66,7 +69,10 @@ def ccds_task(threads: int, layout: ReleaseLayout, images: list[str],
         print("depth_cut: not implemented by lsdask yet; ccd_cuts kept as computed", flush=True)
     write_ccds(ccds, layout.survey_ccds, header={"NIMAGES": len(present)})
     write_ccds_parquet(table, layout.survey_ccds_parquet)
-    kd = make_kd(layout)
+    if processor is not None and processor.has("make_kdtree"):
+        kd = processor.call("make_kdtree", layout)
+    else:
+        kd = make_kd(layout)
     ncut = int((ccds["ccd_cuts"] != 0).sum()) if "ccd_cuts" in ccds.dtype.names else 0
     print(f"survey-ccds: {len(ccds)} CCDs from {len(present)} of {len(paths)} exposures "
           f"({ncut} cut)", flush=True)

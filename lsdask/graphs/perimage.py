@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..processors import ProcessorRef
 from ..survey.layout import ReleaseLayout
 from ..task import TaskSpec
 from .base import Context, Plan, plan_keys, processor_call
@@ -15,22 +16,24 @@ def plan(ctx: Context, stage: str, images: list[str]) -> tuple[Plan, dict[str, s
     """Plan over image filenames; returns the plan (keys = image base names) and key -> file."""
     by_key = {image_key(n): n for n in images}
     p = plan_keys(ctx, stage, by_key, lambda k: processor_call(
-        ctx.processor, f"{stage}_done", ctx.layout, by_key[k]))
+        ctx.processor_for(stage), f"{stage}_done", ctx.layout, by_key[k]))
     return p, by_key
 
 
 def spec(ctx: Context, stage: str, key: str, image_filename: str) -> TaskSpec:
     opts = getattr(ctx.config.stages, stage)
     return TaskSpec(stage, key, "lsdask.graphs.perimage:image_task",
-                    {"stage": stage, "layout": ctx.layout, "processor": ctx.processor,
+                    {"stage": stage, "layout": ctx.layout,
+                     "processor": ctx.processor_for(stage),
                      "image_filename": image_filename, "options": opts,
                      "force": ctx.forced(stage)},
                     threads=1, timeout=opts.timeout, log=str(ctx.layout.log(stage, key)),
                     child=ctx.child)
 
 
-def image_task(threads: int, stage: str, layout: ReleaseLayout, processor: str,
-               image_filename: str, options: Any, force: bool = False) -> dict[str, Any]:
+def image_task(threads: int, stage: str, layout: ReleaseLayout,
+               processor: str | ProcessorRef, image_filename: str, options: Any,
+               force: bool = False) -> dict[str, Any]:
     """Run in the task process: one image's ``stage`` unless already done."""
     if not force and processor_call(processor, f"{stage}_done", layout, image_filename):
         return {"skipped": True}

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..processors import ProcessorRef
 from ..survey.layout import ReleaseLayout
 from ..task import TaskSpec
 from .base import PRIORITY, Context, Plan, plan_keys, processor_call
@@ -41,7 +42,7 @@ def plan(ctx: Context, brick_images: dict[str, list[str]], use_bricklist: bool =
         keep = set(listed)
         bricks = [b for b in bricks if b in keep]
     return plan_keys(ctx, "runbrick", bricks, lambda b: processor_call(
-        ctx.processor, "runbrick_done", ctx.layout, b))
+        ctx.processor_for("runbrick"), "runbrick_done", ctx.layout, b))
 
 
 def threads_for(ctx: Context) -> int:
@@ -57,7 +58,8 @@ def spec(ctx: Context, brick: str, images: list[str]) -> TaskSpec:
     opts = ctx.config.stages.runbrick
     mem = opts.memory_limit_gb * 1e9 if opts.memory_limit_gb else None
     return TaskSpec("runbrick", brick, "lsdask.graphs.runbrick:runbrick_task",
-                    {"layout": ctx.layout, "processor": ctx.processor, "brickname": brick,
+                    {"layout": ctx.layout, "processor": ctx.processor_for("runbrick"),
+                     "brickname": brick,
                      "images": images, "bands": list(ctx.config.bands), "options": opts,
                      "release": ctx.config.release.release, "config_hash": ctx.config.hash(),
                      "force": ctx.forced("runbrick")},
@@ -86,8 +88,8 @@ def brick_ccds(layout: ReleaseLayout, brickname: str, images: list[str], bands: 
     return ccds[np.unique(ci[bi == bidx])]
 
 
-def runbrick_task(threads: int, layout: ReleaseLayout, processor: str, brickname: str,
-                  images: list[str], bands: list[str], options: Any, release: int,
+def runbrick_task(threads: int, layout: ReleaseLayout, processor: str | ProcessorRef,
+                  brickname: str, images: list[str], bands: list[str], options: Any, release: int,
                   config_hash: str, force: bool = False) -> dict[str, Any]:
     """Run in the task process: one brick (resumes from its checkpoint if there is one).
 

@@ -94,6 +94,16 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
             dep = [calib_tasks[k]] if k in calib_tasks else []
             zpt_tasks[k] = Task(zeropoints_stage.spec(ctx, k, by_key[k]), deps=dep,
                                 priority=zeropoints_stage.PRIO)
+    # a processor that reads survey-ccds itself (legacypipe) runs bricks after the merge
+    needs_ccds = "runbrick" in stages and bool(
+        ctx.processor_for("runbrick").has("RUNBRICK_NEEDS_SURVEY_CCDS"))
+    ccds_task = None
+    if "ccds" in stages:
+        plan = ccds_stage.plan(ctx, stale=bool(zpt_tasks))
+        out.plans["ccds"] = plan
+        if plan.todo:
+            ccds_task = Task(ccds_stage.spec(ctx, images), deps=list(zpt_tasks.values()),
+                             priority=ccds_stage.PRIO)
     brick_tasks: dict[int, list[Task]] = {}
     if "runbrick" in stages:
         rerun_list = "bricks" in stages and bool(zpt_tasks)
@@ -105,6 +115,8 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
             deps = [zpt_tasks[k] for k in (images_stage.image_key(n) for n in imgs)
                     if k in zpt_tasks]
             after = max((order[t.key] for t in deps), default=-1)
+            if needs_ccds and ccds_task is not None:
+                deps, after = [ccds_task], len(images)
             brick_tasks.setdefault(after, []).append(
                 Task(runbrick_stage.spec(ctx, b, imgs), deps=deps,
                      priority=runbrick_stage.PRIO, max_retries=opts.max_retries))
@@ -117,14 +129,9 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
         if k in zpt_tasks:
             tasks.append(zpt_tasks[k])
         tasks.extend(brick_tasks.get(i, []))
-    ccds_task = None
-    if "ccds" in stages:
-        plan = ccds_stage.plan(ctx, stale=bool(zpt_tasks))
-        out.plans["ccds"] = plan
-        if plan.todo:
-            ccds_task = Task(ccds_stage.spec(ctx, images), deps=list(zpt_tasks.values()),
-                             priority=ccds_stage.PRIO)
-            tasks.append(ccds_task)
+    if ccds_task is not None:
+        tasks.append(ccds_task)
+        tasks.extend(brick_tasks.get(len(images), []))
     if "bricks" in stages:
         plan = bricks_stage.plan(ctx, stale=ccds_task is not None)
         out.plans["bricks"] = plan

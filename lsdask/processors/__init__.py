@@ -2,9 +2,11 @@
 
 A processor takes paths and options, writes its products atomically and
 returns a small, picklable summary dict. It knows nothing of Dask, the ledger
-or the runner. ``lite`` is the embedded pure-Python processor; a ``legacypipe``
-processor (calling legacypipe/legacyzpts where installed) can implement the
-same interface.
+or the runner. ``lite`` is the embedded pure-Python processor; ``legacypipe``
+runs the real legacypipe/legacyzpts as child processes through a launcher.
+Each stage may use its own processor (:class:`ProcessorRef`: a name and the
+processor's settings, e.g. the ``[legacypipe]`` section, passed to every call
+as ``settings=`` when not None).
 
 Interface (module-level functions of ``lsdask.processors.<name>``)::
 
@@ -25,7 +27,9 @@ generic error.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from ..errors import LsdaskError
 
@@ -42,3 +46,21 @@ def get_processor(name: str) -> ModuleType:
         from ..errors import ConfigError
 
         raise ConfigError(f"unknown processor {name!r} ({e})") from None
+
+
+@dataclass(frozen=True)
+class ProcessorRef:
+    """A processor by name with its settings (picklable; sent to the task process)."""
+
+    name: str
+    settings: Any = None
+
+    def call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
+        """``lsdask.processors.<name>.<fn>(*args, **kwargs, settings=...)``."""
+        if self.settings is not None:
+            kwargs["settings"] = self.settings
+        return getattr(get_processor(self.name), fn)(*args, **kwargs)
+
+    def has(self, attr: str) -> Any:
+        """A module attribute of the processor (None when it has none)."""
+        return getattr(get_processor(self.name), attr, None)

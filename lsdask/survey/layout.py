@@ -156,6 +156,18 @@ class ReleaseLayout:
     def checkpoints_dir(self) -> Path:
         return self.release_dir / "checkpoints"
 
+    @property
+    def pickles_dir(self) -> Path:
+        return self.release_dir / "pickles"
+
+    def stage_pickle(self, brick: str, stage: str) -> Path:
+        """legacypipe's per-stage pickle: ``pickles/<bri>/runbrick-<brick>-<stage>.pickle``."""
+        return self.pickles_dir / brick[:3] / f"runbrick-{brick}-{stage}.pickle"
+
+    def stage_pickle_pattern(self, brick: str) -> str:
+        """runbrick's ``--pickle`` value for ``brick`` (``%%(stage)s`` left for runbrick)."""
+        return str(self.stage_pickle(brick, "%%(stage)s"))
+
     def log(self, stage: str, key: str) -> Path:
         """Per-task log: ``logs/<bri>/<brick>.log`` (runbrick), else ``logs/<stage>/<key>.log``."""
         if stage == "runbrick":
