@@ -160,6 +160,7 @@ class LegacypipeSection:
     checkpoint_period: int = 600  # seconds (runbrick --checkpoint-period)
     write_stages: list[str] = field(default_factory=lambda: ["srcs"])  # --write-stage
     extra_args: list[str] = field(default_factory=list)  # more runbrick arguments
+    runbrick_module: str = "legacypipe.runbrick"  # the entry module (python -m ...)
     zeropoints_args: list[str] = field(default_factory=list)  # more legacy_zeropoints args
 
 
@@ -218,6 +219,13 @@ class ReleaseConfig:
         """The processor of ``stage``: ``[stages.<stage>] processor``, else ``[release]``'s."""
         opts = getattr(self.stages, stage, None)
         return getattr(opts, "processor", None) or self.release.processor
+
+    def processor_ref(self, stage: str):
+        """The processor of ``stage`` with its settings (``[legacypipe]`` for legacypipe)."""
+        from .processors import ProcessorRef
+
+        name = self.processor_name(stage)
+        return ProcessorRef(name, self.legacypipe if name == "legacypipe" else None)
 
     def region_box(self) -> Region | None:
         """The release region as a :class:`Region`, or None for the whole sky."""

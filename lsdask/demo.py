@@ -45,10 +45,9 @@ class DemoSettings:
 
     @classmethod
     def legacypipe(cls, zoom: tuple[int, int, int, int] | None = None) -> DemoSettings:
-        """The demo with legacypipe's runbrick: the 4 bricks of RA 180-180.25, Dec 32-32.25
-        (legacypipe takes minutes per brick where lite takes seconds); lite calibs and
-        zeropoints."""
-        return cls(ramin=180.0, ramax=180.25, decmin=32.0, decmax=32.25, processor="legacypipe",
+        """The demo with legacypipe's runbrick on one brick, 1801p320 (legacypipe takes
+        minutes per brick where lite takes seconds); lite calibs and zeropoints."""
+        return cls(ramin=180.0, ramax=180.25, decmin=31.95, decmax=32.1, processor="legacypipe",
                    threads=2, zoom=zoom)
 
     @classmethod

@@ -83,22 +83,24 @@ def lsdask_runbrick(args: list[str], log: Path, env: dict | None = None,
     return json.loads(out.strip().splitlines()[-1])
 
 
-def logged_command(log: Path) -> list[str]:
+def logged_command(log: Path, module: str = "legacypipe.runbrick") -> list[str]:
     """The runbrick arguments lsdask wrote first in its log (the ``+ ...`` line)."""
     import shlex
 
     for ln in log.read_text().splitlines():
-        if ln.startswith("+ ") and "legacypipe.runbrick" in ln:
+        if ln.startswith("+ ") and f"-m {module} " in ln:
             words = shlex.split(ln[2:])
-            return words[words.index("legacypipe.runbrick") + 1:]
+            return words[words.index(module) + 1:]
     raise AssertionError(f"no command line in {log}")
 
 
 def direct_same_args(prefix: Path, log: Path, survey: Path, release: Path, out: Path,
-                     tmp: Path) -> None:
+                     tmp: Path, module: str = "legacypipe.runbrick",
+                     env: dict | None = None) -> None:
     """Rerun lsdask's logged command by hand, into ``out`` (only the output dirs change)."""
-    args = [a.replace(str(release), str(out)) for a in logged_command(log)]
-    rc = run_direct(prefix, args, ref_env(survey), tmp / "direct.log")
+    args = [a.replace(str(release), str(out)) for a in logged_command(log, module)]
+    rc = run_direct(prefix, args, {**ref_env(survey), **(env or {})}, tmp / "direct.log",
+                    module=module)
     assert rc == 0, (tmp / "direct.log").read_text()[-3000:]
 
 
@@ -145,7 +147,7 @@ def test_testcase12_maskbits_identical(shared_data, tmp_path, lp_env):
     assert res["tractor"] == str(layout.tractor(brick))
     m = fitsio.read(str(layout.coadd(brick, "maskbits.fits.fz")))
     c = Counter(m.ravel().tolist())
-    assert c[0] >= 4000 and c[2**12] >= 4000  # MASKBITS['CLUSTER'] = 2**12
+    assert c[0] >= 4000 and c[0x2000] >= 4000  # legacypipe.bits.MASKBITS['CLUSTER']
     direct = tmp_path / "direct"
     direct_same_args(lp_env, log, survey, release, direct, tmp_path)
     assert_same_catalogue(layout.tractor(brick), ReleaseLayout(survey, direct).tractor(brick))
@@ -160,7 +162,16 @@ def test_testcase4_computes_missing_sky_calib(shared_data, tmp_path, lp_env):
     sky.unlink(missing_ok=True)
     release = tmp_path / "out"
     unwise = survey / "images" / "unwise"
+    # legacypipe's test_4 shrinks the spline-sky box to fit the cutout before calling
+    # runbrick's main(); the same, as a runbrick entry module on the launcher's PYTHONPATH
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "tc4_runbrick.py").write_text(
+        "import sys\nfrom legacypipe.decam import DecamImage\n"
+        "from legacypipe.runbrick import main\n"
+        "DecamImage.splinesky_boxsize = 128\nsys.exit(main())\n")
     cfg = write_config(tmp_path / "lp.toml", survey, release, f"""
+runbrick_module = "tc4_runbrick"
+pythonpath = ["{tmp_path / 'mods'}"]
 skip_calibs = false
 wise = true
 unwise_coadds_dir = "{unwise}"
@@ -170,13 +181,17 @@ extra_args = ["--coadd-bw", "--blob-image", "--no-wise-ceres"]
     log = tmp_path / "lsdask.log"
     res = lsdask_runbrick([cfg, "--brick", "1867p255", "--zoom", 2050, 2300, 1150, 1400,
                            "--bands", "grz"], log)
+    assert "-m tc4_runbrick --brick 1867p255" in log.read_text()
     assert sky.exists(), "runbrick did not compute the missing splinesky calib"
     layout = ReleaseLayout(survey, release, "lp")
     t = fitsio.read(res["tractor"])
     assert len(t) == res["nsources"] > 0
     assert np.any(t["flux_w1"] != 0)  # unWISE forced photometry ran
     direct = tmp_path / "direct"
-    direct_same_args(lp_env, log, survey, release, direct, tmp_path)
+    sky.unlink()
+    direct_same_args(lp_env, log, survey, release, direct, tmp_path, module="tc4_runbrick",
+                     env={"PYTHONPATH": f"{tmp_path / 'mods'}:"})
+    assert sky.exists()
     assert_same_catalogue(layout.tractor("1867p255"),
                           ReleaseLayout(survey, direct).tractor("1867p255"))
 
@@ -260,9 +275,12 @@ def test_launcher_forms_and_config_errors(tmp_path, monkeypatch):
         make_launcher(LegacypipeSection(prefix=tmp_path), survey)
     (tmp_path / "env.sh").write_text("")
     (tmp_path / ".stamp").write_text("x")
-    pre = make_launcher(LegacypipeSection(prefix=tmp_path), survey)
-    assert pre.command("m", [])[:4] == ["bash", "-c", '. "$0" && exec "$@"',
-                                        str(tmp_path / "env.sh")]
+    pre = make_launcher(LegacypipeSection(prefix=tmp_path, pythonpath=[Path("/x")]), survey)
+    cmd = pre.command("m", [])
+    assert cmd[:2] == ["bash", "-c"] and cmd[3] == str(tmp_path / "env.sh")
+    assert cmd[4:] == ["python", "-O", "-m", "m"] and pre.env["LSDASK_PYTHONPATH"] == "/x"
+    assert pre.shell_line("m", []).startswith(
+        f". {tmp_path / 'env.sh'} && export PYTHONPATH=/x:$PYTHONPATH && ")
     # a per-stage processor; an unknown one names the key and the file
     cfg = parse_config({"release": {"name": "x", "survey_dir": "s"},
                         "stages": {"runbrick": {"processor": "legacypipe"}}}, "r.toml")

@@ -54,9 +54,7 @@ class Context:
 
     def processor_for(self, stage: str) -> ProcessorRef:
         """The processor of ``stage`` with its settings (``[legacypipe]`` for legacypipe)."""
-        name = self.config.processor_name(stage)
-        settings = self.config.legacypipe if name == "legacypipe" else None
-        return ProcessorRef(name, settings)
+        return self.config.processor_ref(stage)
 
     def forced(self, stage: str) -> bool:
         opts = getattr(self.config.stages, stage, None)

@@ -52,13 +52,19 @@ class Launcher:
         cmd = [*self.argv, "-m", module, *args]
         if self.source is None:
             return cmd
-        return ["bash", "-c", '. "$0" && exec "$@"', self.source, *cmd]
+        # env.sh sets PYTHONPATH: the configured pythonpath goes in front of it
+        return ["bash", "-c", '. "$0" && export PYTHONPATH="${LSDASK_PYTHONPATH:+'
+                '$LSDASK_PYTHONPATH:}$PYTHONPATH" && exec "$@"', self.source, *cmd]
 
     def shell_line(self, module: str, args: list[str]) -> str:
         """The same as one shell line (variables, then the command), to rerun by hand."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items())
+                       if k != "LSDASK_PYTHONPATH")
         cmd = shlex.join([*self.argv, "-m", module, *args])
         src = f". {shlex.quote(self.source)} && " if self.source else ""
+        if "LSDASK_PYTHONPATH" in self.env:
+            pp = shlex.quote(self.env["LSDASK_PYTHONPATH"] + os.pathsep)
+            src += f"export PYTHONPATH={pp}$PYTHONPATH && "
         return f"{src}{env} {cmd}" if env else f"{src}{cmd}"
 
 
@@ -92,7 +98,8 @@ def make_launcher(settings: Any, survey_dir: Path) -> Launcher:
         argv = ["python", "-O"]
         source = str(prefix / "env.sh")
     if settings.pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in settings.pythonpath)
+        var = "PYTHONPATH" if source is None else "LSDASK_PYTHONPATH"
+        env[var] = os.pathsep.join(str(p) for p in settings.pythonpath)
     env.update(reference_env(settings, survey_dir))
     env.update({str(k): str(v) for k, v in settings.env.items()})
     return Launcher(argv, env, source)

@@ -22,8 +22,6 @@ from .launcher import make_launcher, run
 
 log = logging.getLogger(__name__)
 
-MODULE = "legacypipe.runbrick"
-
 
 def read_sha256sum(path: Path) -> list[tuple[str, str]]:
     """``(hexdigest, relative path)`` pairs of a ``sha256sum`` file."""
@@ -159,8 +157,8 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands:
     if getattr(options, "force", False):
         for p in (layout.tractor(brickname), layout.sha256sum(brickname)):
             p.unlink(missing_ok=True)
-    out = run(launcher, MODULE, runbrick_args(layout, brickname, bands, options, release,
-                                              settings), what=f"runbrick {brickname}")
+    args = runbrick_args(layout, brickname, bands, options, release, settings)
+    out = run(launcher, settings.runbrick_module, args, what=f"runbrick {brickname}")
     tractor = layout.tractor(brickname)
     if not tractor.exists():
         if out.nothing_to_do:
