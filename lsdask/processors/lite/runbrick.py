@@ -49,7 +49,7 @@ from ...survey.layout import ReleaseLayout
 from ...survey.tractor import OPTICAL_BANDS, empty_tractor, validate_tractor, write_tractor
 from ...survey.wcs import TanWCS
 from .. import BrickMemoryError
-from . import brickio, checkpoint
+from . import brickio, checkpoint, galfit, refstars
 from .ccdimage import CcdImage, overlap_box, read_ccd_image
 from .coadd import BandCoadd, resample_ccd
 from .detect import Detections, detect
@@ -63,7 +63,6 @@ from .photometry import (
     forced_phot_ccd,
     fracflux,
     gaussian_model_image,
-    half_light_radius,
 )
 
 log = logging.getLogger(__name__)
@@ -73,12 +72,6 @@ DEFAULT_KERNEL = "lanczos3"
 #: Coadd kinds written per band -> key in the band's coadd dict.
 COADD_PRODUCTS = {"image": "image", "invvar": "invvar", "nexp": "nexp", "depth": "psfdepth",
                   "galdepth": "galdepth", "psfsize": "psfsize", "model": "model", "chi2": "chi2"}
-#: Half-light radius ratio (source / PSF) above which a source is typed REX.
-REX_RATIO = 1.3
-REX_MIN_SNR = 30.0
-#: Radius (in PSF sigmas) within which half-light radii are compared (robust to wings,
-#: neighbours and sky residuals).
-REX_RMAX = 3.0
 
 
 def _s(v) -> str:
@@ -210,15 +203,17 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
     early = (_ImageWriter(coadd_jobs(layout, brickname, coadds), wcs, threads,
                           background=True) if threads > 1 else None)
     t = time.time()
-    det = detect(coadds, wcs.pixscale, float(options.nsigma), threads)
+    refs = refstars.brick_refs(layout, wcs)
+    det = detect_with_refs(coadds, wcs, refs, float(options.nsigma), threads)
     timings["detect"] = time.time() - t
     t = time.time()
-    cat, models = measure(layout, brick, wcs, sel, coadds, det, bands, kernel, threads, images)
+    cat, models = measure(layout, brick, wcs, sel, coadds, det, bands, kernel, threads, images,
+                          refs=refs)
     del images
     timings["photometry"] = time.time() - t
     t = time.time()
     uniq = unique_pixels(brick, wcs)
-    maskbits = make_maskbits(uniq, coadds)
+    maskbits = make_maskbits(uniq, coadds, refs, wcs.pixscale)
     iy = np.clip(np.rint(cat["by"]).astype(int), 0, wcs.height - 1)
     ix = np.clip(np.rint(cat["bx"]).astype(int), 0, wcs.width - 1)
     cat["maskbits"] = maskbits[iy, ix]
@@ -378,21 +373,57 @@ def make_coadds(layout: ReleaseLayout, sel: np.ndarray, wcs, bands, kernel: str,
 
 
 # -- measurement ----------------------------------------------------------------------------
+def _phot_ccd(im: CcdImage, ra, dec):
+    """Forced PSF photometry and the model-fit sums of one CCD."""
+    return forced_phot_ccd(im, ra, dec), galfit.model_sums_ccd(im, ra, dec)
+
+
 def _phot_one(layout, sel, i, wcs, ra, dec):
     im: CcdImage | None = read_ccd_image(layout, sel[i], i, wcs)
     if im is None:
         return None
-    return forced_phot_ccd(im, ra, dec)
+    return _phot_ccd(im, ra, dec)
+
+
+def detect_with_refs(coadds, wcs, refs: np.ndarray, nsigma: float, threads: int = 1
+                     ) -> Detections:
+    """Detections plus the Gaia point sources on the grid (as legacypipe: reference
+    sources first, peaks not separated from them by a saddle or on the saturated cores of
+    bright stars dropped); ``Detections.ref`` indexes ``refs``."""
+    shape = (wcs.height, wcs.width)
+    isref = np.flatnonzero(refstars.on_grid(refs, shape) & refs["pointsource"])
+    satur = np.zeros(shape, bool)
+    sizes = []
+    for c in coadds.values():
+        satur |= c["satur"]
+        sizes.append(c["psfsize"][c["invvar"] > 0])
+    allsizes = np.concatenate(sizes)
+    fwhm_pix = float(np.median(allsizes)) / wcs.pixscale if allsizes.size else 1.0
+    avoid = refstars.avoid_circles(refs, satur, fwhm_pix, wcs.pixscale)
+    det = detect(coadds, wcs.pixscale, nsigma, threads,
+                 seeds=(refs["x"][isref], refs["y"][isref]), avoid=avoid)
+    rx, ry = refs["x"][isref], refs["y"][isref]
+    iy = np.clip(np.rint(ry).astype(int), 0, wcs.height - 1)
+    ix = np.clip(np.rint(rx).astype(int), 0, wcs.width - 1)
+    return Detections(np.r_[det.x, rx], np.r_[det.y, ry],
+                      np.r_[det.snr, np.zeros(len(isref), np.float32)], det.segmap,
+                      np.r_[det.blob, det.segmap[iy, ix]].astype(np.int32),
+                      np.r_[np.full(len(det), -1), isref].astype(np.int64))
 
 
 def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kernel: str,
-            threads: int, images: list | None = None
+            threads: int, images: list | None = None, refs: np.ndarray | None = None
             ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
     """The tractor catalogue of the detections, and per-band model/chi2 images."""
     n = len(det)
     order = np.lexsort((det.x, det.y))
     x, y = det.x[order], det.y[order]
     ra, dec = wcs.pixel_to_radec(x + 1.0, y + 1.0)
+    ref = det.ref[order] if det.ref is not None else np.full(n, -1)
+    isref = ref >= 0
+    if refs is not None and isref.any():
+        r = refs[ref[isref]]
+        ra[isref], dec[isref] = r["ra"], r["dec"]  # reference positions, exactly
     cat = empty_tractor(n)
     cat["brickid"] = brick.brickid
     cat["brickname"] = brick.brickname.encode()
@@ -400,45 +431,66 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
     cat["ra"], cat["dec"] = ra, dec
     cat["bx"], cat["by"] = x, y
     cat["brick_primary"] = brick.contains(ra, dec)
+    if refs is not None and isref.any():
+        r = refs[ref[isref]]
+        cat["ref_cat"][isref] = b"G2"
+        for k in ("ref_id", "pmra", "pmdec", "ref_epoch", "gaia_phot_g_mean_mag"):
+            cat[k][isref] = r["source_id" if k == "ref_id" else
+                              "gaia_g" if k == "gaia_phot_g_mean_mag" else k]
     accs = {b: BandAccum(n) for b in coadds}
+    K = galfit.n_models()
+    sumA = {b: np.zeros((n, K)) for b in coadds}
+    sumB = {b: np.zeros((n, K)) for b in coadds}
     if n:
         if images is not None:
             def job(im):
-                return forced_phot_ccd(im, ra, dec)
+                return _phot_ccd(im, ra, dec)
             items = images
         else:
             def job(i):
                 return _phot_one(layout, sel, i, wcs, ra, dec)
             items = range(len(sel))
         with ThreadPoolExecutor(threads) as pool:
-            for ph in pool.map(job, items):
-                if ph is not None and ph.band in accs:
-                    accumulate(accs[ph.band], ph)
+            for out in pool.map(job, items):
+                if out is None or out[0].band not in accs:
+                    continue
+                ph, ms = out
+                accumulate(accs[ph.band], ph)
+                sumA[ms.band][ms.idx] += ms.A
+                sumB[ms.band][ms.idx] += ms.B
     pixscale = wcs.pixscale
     ix = np.clip(np.rint(x).astype(int), 0, wcs.width - 1)
     iy = np.clip(np.rint(y).astype(int), 0, wcs.height - 1)
+    saturated = np.zeros(n, bool)
+    for c in coadds.values():
+        saturated |= c["satur"][iy, ix]
+    # light-profile fits (PSF / REX / DEV) forced across each band's CCDs
+    fit = galfit.choose_models(sumA, sumB, psf_only=saturated | isref) if n else None
+    is_gal = (fit.type != "PSF") if n else np.zeros(0, bool)
+    shape_r = fit.shape_r if n else np.zeros(0, np.float32)
     mjd_min = np.full(n, np.inf)
     mjd_max = np.full(n, -np.inf)
     snr2 = np.zeros(n)
-    best_snr = np.zeros(n)
-    best_band = np.full(n, "", dtype="U2")
     models = {}
     for b, c in coadds.items():
         res = band_results(accs[b])
+        if n:
+            # galaxies: the fitted model's total flux; point sources: per-source PSF stamps
+            res["flux"] = np.where(is_gal, fit.flux[b], res["flux"]).astype(np.float32)
+            res["flux_ivar"] = np.where(is_gal, fit.flux_ivar[b],
+                                        res["flux_ivar"]).astype(np.float32)
         if b not in OPTICAL_BANDS:
             log.warning("band %s has no DR9 tractor columns; measured but not written", b)
         psfsize = c["psfsize"][iy, ix]
         sig_pix = np.where(psfsize > 0, psfsize, np.median(c["psfsize"][c["invvar"] > 0]))
         sig_pix = sig_pix / pixscale / 2.3548
-        model = gaussian_model_image(c["image"].shape, x, y, res["flux"], sig_pix)
+        # Gaussian-equivalent model size (the half-light radius of a Gaussian is 1.177 sigma)
+        sig_mod = np.hypot(sig_pix, shape_r / pixscale / 1.177)
+        model = gaussian_model_image(c["image"].shape, x, y, res["flux"], sig_mod)
         with np.errstate(invalid="ignore"):
             chi2 = ((c["image"] - model) ** 2 * c["invvar"]).astype(np.float32)
         models[b] = {"model": model, "chi2": chi2}
-        snr = res["flux"] * np.sqrt(res["flux_ivar"])
         snr2 += np.where(res["flux_ivar"] > 0, res["flux"] ** 2 * res["flux_ivar"], 0)
-        better = snr > best_snr
-        best_snr = np.where(better, snr, best_snr)
-        best_band = np.where(better, b, best_band)
         mjd_min = np.minimum(mjd_min, res["mjd_min"])
         mjd_max = np.maximum(mjd_max, res["mjd_max"])
         if b not in OPTICAL_BANDS:
@@ -447,7 +499,7 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         cat[f"flux_ivar_{b}"] = res["flux_ivar"]
         for k in ("rchisq", "fracmasked", "nobs", "anymask", "allmask"):
             cat[f"{k}_{b}"] = res[k]
-        cat[f"fracflux_{b}"] = fracflux(x, y, res["flux"], sig_pix)
+        cat[f"fracflux_{b}"] = fracflux(x, y, res["flux"], sig_mod)
         cat[f"psfsize_{b}"] = psfsize
         cat[f"psfdepth_{b}"] = c["psfdepth"][iy, ix]
         cat[f"galdepth_{b}"] = c["galdepth"][iy, ix]
@@ -463,36 +515,11 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         models[b]["flux"] = res["flux"]
     cat["mjd_min"] = np.where(np.isfinite(mjd_min), mjd_min, 0)
     cat["mjd_max"] = np.where(np.isfinite(mjd_max), mjd_max, 0)
-
-    # type: REX when the half-light radius clearly exceeds the PSF's in the best band
-    rex = np.zeros(n, bool)
-    shape_r = np.zeros(n, np.float32)
-    saturated = np.zeros(n, bool)
-    for c in coadds.values():
-        saturated |= c["satur"][iy, ix]
-    for b in models:
-        if b not in OPTICAL_BANDS or "sig_pix" not in models[b]:
-            continue
-        m = (best_band == b) & (best_snr > REX_MIN_SNR)
-        if not m.any():
-            continue
-        sig = models[b]["sig_pix"][m]
-        r50 = half_light_radius(coadds[b]["image"], coadds[b]["invvar"], x[m], y[m],
-                                REX_RMAX * sig)
-        r50_psf = float(coadds[b]["psf_r50"]) / pixscale
-        if not r50_psf > 0:
-            continue
-        res_m = (np.isfinite(r50) & (r50 > REX_RATIO * r50_psf)
-                 & (cat[f"fracflux_{b}"][m] < 0.2) & ~saturated[m])
-        idx = np.flatnonzero(m)[res_m]
-        rex[idx] = True
-        shape_r[idx] = np.sqrt(r50[res_m] ** 2 - r50_psf ** 2) * pixscale
-    cat["type"] = np.where(rex, b"REX", b"PSF")
-    cat["shape_r"] = shape_r
-    dchisq = np.zeros((n, 5), np.float32)
-    dchisq[:, 0] = snr2
-    dchisq[:, 1] = np.where(rex, snr2 * 1.01, snr2 * 0.99)
-    cat["dchisq"] = dchisq
+    if n:
+        cat["type"] = fit.type.astype("S3")
+        cat["shape_r"] = fit.shape_r
+        cat["shape_r_ivar"] = fit.shape_r_ivar
+        cat["dchisq"] = fit.dchisq
     # positional uncertainty ~ sigma_psf / SNR per axis
     fw = np.zeros(n)
     for b in OPTICAL_BANDS:
@@ -506,17 +533,27 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
     for b in OPTICAL_BANDS:
         if b not in coadds:
             continue
-        sig_src = np.where(rex, shape_r / 1.678, 0.0)  # rough Gaussian-equivalent size
+        sig_src = np.where(is_gal, shape_r / 1.678, 0.0)  # rough Gaussian-equivalent size
         ff = fiber_fraction(sig_src)
         cat[f"fiberflux_{b}"] = cat[f"flux_{b}"] * ff
         cat[f"fibertotflux_{b}"] = cat[f"flux_{b}"] * ff * (1 + cat[f"fracflux_{b}"])
+    if n:
+        # legacypipe drops sources whose best model is below its 5-sigma penalised cut
+        cat = cat[fit.keep | isref]
+        cat["objid"] = np.arange(len(cat), dtype=np.int32)
     return cat, models
 
 
 # -- products -------------------------------------------------------------------------------
-def make_maskbits(uniq: np.ndarray, coadds) -> np.ndarray:
-    """DR9-style maskbits image: NPRIMARY outside the brick, SATUR_b, ALLMASK_b."""
+def make_maskbits(uniq: np.ndarray, coadds, refs: np.ndarray | None = None,
+                  pixscale: float = 0.262) -> np.ndarray:
+    """DR9-style maskbits image: NPRIMARY outside the brick, BRIGHT and MEDIUM within the
+    masking radius of reference stars, SATUR_b, ALLMASK_b."""
     mb = np.where(uniq, 0, brickio.MASKBITS["NPRIMARY"]).astype(np.int16)
+    if refs is not None and len(refs):
+        bright, medium = refstars.star_masks(refs, uniq.shape, pixscale)
+        mb[bright] |= brickio.MASKBITS["BRIGHT"]
+        mb[medium] |= brickio.MASKBITS["MEDIUM"]
     for b, c in coadds.items():
         if f"SATUR_{b.upper()}" in brickio.MASKBITS:
             mb[c["satur"]] |= brickio.MASKBITS[f"SATUR_{b.upper()}"]
