@@ -104,24 +104,30 @@ def fine_psf(im: CcdImage) -> FinePsf:
     return FinePsf(fine, k, m // 2, 1.0)
 
 
-def model_grids(fp: FinePsf, pixscale: float, margin_pix: int) -> list[np.ndarray]:
-    """Spline coefficients of the fine-grid model images: PSF, then each family over
-    :data:`RE_GRID`. The grid is padded by ``margin_pix`` native pixels (wrap-around)."""
+def model_grids(fp: FinePsf, pixscale: float, margin_pix: int, psf_only: bool = False
+                ) -> list[np.ndarray]:
+    """Spline coefficients of the fine-grid model images: PSF, then (unless ``psf_only``)
+    each family over :data:`RE_GRID`. The grid is padded by ``margin_pix`` native pixels
+    (wrap-around)."""
+    from scipy import fft
     from scipy.ndimage import spline_filter
 
     pad = margin_pix * fp.k
-    img = np.pad(fp.img, pad)
+    n = fft.next_fast_len(fp.img.shape[0] + 2 * pad, real=True)
+    img = np.zeros((n, n))
+    m = fp.img.shape[0]
+    img[pad:pad + m, pad:pad + m] = fp.img
     n0, n1 = img.shape
-    FT = np.fft.rfft2(img)
+    FT = fft.rfft2(img)
     fy = np.fft.fftfreq(n0) * fp.k  # cycles per native pixel
     fx = np.fft.rfftfreq(n1) * fp.k
     f = np.hypot(fy[:, None], fx[None, :])
     # the PSF sits at (c + pad, c + pad); a real, symmetric profile transform keeps it there
     out = [spline_filter(img, order=3)]
-    for fam in FAMILIES:
+    for fam in () if psf_only else FAMILIES:
         for re in RE_GRID:
             G = profile_ft(fam, f * (re / pixscale))
-            out.append(spline_filter(np.fft.irfft2(FT * G, s=img.shape), order=3))
+            out.append(spline_filter(fft.irfft2(FT * G, s=img.shape), order=3))
     return out
 
 
@@ -133,10 +139,15 @@ class ModelSums:
     idx: np.ndarray   # sources measured
     A: np.ndarray     # (n, K)
     B: np.ndarray     # (n, K)
+    U: np.ndarray | None = None  # (n, 2): sum w dP d  (PSF model; dP: gradient wrt the
+    V: np.ndarray | None = None  # (n, 2): sum w dP P   source's east/north offset, arcsec)
+    M: np.ndarray | None = None  # (n, 2, 2): sum w dP dP^T
 
 
-def model_sums_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray) -> ModelSums:
-    """The A and B sums of every model for the sources at (ra, dec) on one CCD."""
+def model_sums_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray,
+                   psf_only: bool = False) -> ModelSums:
+    """The A and B sums of every model (only the PSF's with ``psf_only``) and the PSF
+    model's position sums for the sources at (ra, dec) on one CCD."""
     from scipy.ndimage import map_coordinates
 
     x, y = im.wcs.sky_to_pix(ra, dec)
@@ -146,14 +157,15 @@ def model_sums_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray) -> ModelSums:
     inside = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x < w - 0.5) & (y > -0.5) & \
         (y < h - 0.5)
     idx = np.flatnonzero(inside)
-    K = n_models()
+    K = 1 if psf_only else n_models()
     if idx.size == 0:
-        return ModelSums(im.band, idx, np.zeros((0, K)), np.zeros((0, K)))
+        return ModelSums(im.band, idx, np.zeros((0, K)), np.zeros((0, K)), np.zeros((0, 2)),
+                         np.zeros((0, 2)), np.zeros((0, 2, 2)))
     pixscale = im.wcs.tan.pixscale
     fwhm_pix = im.fwhm / pixscale
     r = int(np.ceil(max(MIN_RADIUS_PIX, 2.5 * fwhm_pix, 3.0 / pixscale)))
     fp = fine_psf(im)
-    grids = model_grids(fp, pixscale, margin_pix=r)
+    grids = model_grids(fp, pixscale, margin_pix=r, psf_only=psf_only)
     c = fp.c + r * fp.k
     xs, ys = x[idx], y[idx]
     ix, iy = np.rint(xs).astype(np.int64), np.rint(ys).astype(np.int64)
@@ -172,12 +184,68 @@ def model_sums_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray) -> ModelSums:
     wd = civ * img[rows, cols]
     A = np.zeros((n, K))
     B = np.zeros((n, K))
+
+    def sample(coef, cy, cx):
+        v = map_coordinates(coef, np.stack([cy.ravel(), cx.ravel()]), order=3,
+                            prefilter=False, mode="constant")
+        return v.reshape(n, g.size, g.size) / fp.norm
+
     for k, coef in enumerate(grids):
         P = map_coordinates(coef, coords, order=3, prefilter=False, mode="constant")
         P = P.reshape(n, g.size, g.size) / fp.norm
         A[:, k] = np.einsum("nij,nij->n", P * P, civ)
         B[:, k] = np.einsum("nij,nij->n", P, wd)
-    return ModelSums(im.band, idx, A, B)
+    # PSF-model gradients wrt the source position (central differences, 0.1 pixel), in
+    # CCD pixels and then per arcsec east / north through the CCD's local WCS Jacobian
+    e = 0.1
+    gx = (sample(grids[0], yy, xx - fp.k * e) - sample(grids[0], yy, xx + fp.k * e)) / (2 * e)
+    gy = (sample(grids[0], yy - fp.k * e, xx) - sample(grids[0], yy + fp.k * e, xx)) / (2 * e)
+    J = _jacobian(im, float(np.median(ra[idx])), float(np.median(dec[idx])))
+    dE = gx * J[0, 0] + gy * J[1, 0]
+    dN = gx * J[0, 1] + gy * J[1, 1]
+    P0 = sample(grids[0], yy, xx)
+    U = np.stack([np.einsum("nij,nij->n", dE, wd), np.einsum("nij,nij->n", dN, wd)], axis=1)
+    V = np.stack([np.einsum("nij,nij,nij->n", dE, P0, civ),
+                  np.einsum("nij,nij,nij->n", dN, P0, civ)], axis=1)
+    M = np.empty((n, 2, 2))
+    M[:, 0, 0] = np.einsum("nij,nij,nij->n", dE, dE, civ)
+    M[:, 1, 1] = np.einsum("nij,nij,nij->n", dN, dN, civ)
+    M[:, 0, 1] = M[:, 1, 0] = np.einsum("nij,nij,nij->n", dE, dN, civ)
+    return ModelSums(im.band, idx, A, B, U, V, M)
+
+
+def _jacobian(im: CcdImage, ra: float, dec: float) -> np.ndarray:
+    """d(CCD x, y) / d(east, north offset in arcsec) at (ra, dec): J[pixel axis, sky axis]."""
+    d = 1.0 / 3600.0
+    cosd = np.cos(np.deg2rad(dec))
+    x0, y0 = im.wcs.sky_to_pix(np.array([ra]), np.array([dec]))
+    xe, ye = im.wcs.sky_to_pix(np.array([ra + d / cosd]), np.array([dec]))
+    xn, yn = im.wcs.sky_to_pix(np.array([ra]), np.array([dec + d]))
+    return np.array([[float(xe[0] - x0[0]), float(xn[0] - x0[0])],
+                     [float(ye[0] - y0[0]), float(yn[0] - y0[0])]])
+
+
+def position_step(U: dict, V: dict, M: dict, flux: dict, maxstep: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One Gauss-Newton step of every source's position from the per-band sums (fluxes
+    fixed at ``flux``): (east, north) offsets in arcsec (clipped to ``maxstep``) and the
+    positional inverse variances (arcsec^-2) east and north."""
+    n = next(iter(U.values())).shape[0]
+    H = np.zeros((n, 2, 2))
+    gr = np.zeros((n, 2))
+    for b in U:
+        f = flux[b][:, None]
+        gr += f * U[b] - f * f * V[b]
+        H += (f * f)[:, :, None] * M[b]
+    det = H[:, 0, 0] * H[:, 1, 1] - H[:, 0, 1] ** 2
+    ok = det > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sE = np.where(ok, (H[:, 1, 1] * gr[:, 0] - H[:, 0, 1] * gr[:, 1]) / det, 0.0)
+        sN = np.where(ok, (H[:, 0, 0] * gr[:, 1] - H[:, 0, 1] * gr[:, 0]) / det, 0.0)
+    step = np.stack([sE, sN], axis=1)
+    big = np.hypot(sE, sN) > maxstep
+    step[big | ~np.isfinite(step).all(axis=1)] = 0.0
+    return step, np.maximum(H[:, 0, 0], 0), np.maximum(H[:, 1, 1], 0)
 
 
 @dataclass
@@ -190,6 +258,7 @@ class FitResult:
     shape_r_ivar: np.ndarray
     flux: dict              # band -> (n,) fluxes of the chosen model
     flux_ivar: dict
+    flux_psf: dict          # band -> (n,) fluxes of the PSF model
     keep: np.ndarray        # legacypipe's detection cut on the penalised dchisq
 
 
@@ -277,15 +346,16 @@ def choose_models(A: dict[str, np.ndarray], B: dict[str, np.ndarray],
     typ = np.where(dev, "DEV", np.where(rex, "REX", "PSF"))
     shape_r = np.where(dev, fams["dev"][1], np.where(rex, fams["rex"][1], 0.0))
     shape_iv = np.where(dev, fams["dev"][2], np.where(rex, fams["rex"][2], 0.0))
-    flux, fiv = {}, {}
+    flux, fiv, fpsfs = {}, {}, {}
     for b in bands:
         with np.errstate(invalid="ignore", divide="ignore"):
             fpsf = np.where(A[b][:, 0] > 0, B[b][:, 0] / np.where(A[b][:, 0] > 0, A[b][:, 0], 1),
                             0.0)
+        fpsfs[b] = fpsf
         flux[b] = np.where(dev, fams["dev"][3][b], np.where(rex, fams["rex"][3][b], fpsf))
         fiv[b] = np.where(dev, fams["dev"][4][b], np.where(rex, fams["rex"][4][b],
                                                              A[b][:, 0]))
     dchisq = np.zeros((n, 5), np.float32)
     dchisq[:, 0], dchisq[:, 1], dchisq[:, 2] = dpsf, drex, ddev
     return FitResult(typ, dchisq, shape_r.astype(np.float32), shape_iv.astype(np.float32),
-                     flux, fiv, keep)
+                     flux, fiv, fpsfs, keep)

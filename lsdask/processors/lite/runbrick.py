@@ -11,17 +11,18 @@ Steps (``run_runbrick``):
    (:mod:`.resample`); accumulate inverse-variance coadds in table order
    (:mod:`.coadd`); checkpoint the coadds; with several threads, start writing
    the coadd images in forked processes while the next steps run;
-4. detect on a flat-SED matched-filter S/N map (:mod:`.detect`);
-5. forced PSF photometry on every CCD (threads again; the calibrated CCD pixels are
-   kept in memory from step 3 when the memory limit allows, as legacypipe keeps its
-   tims, else read again, e.g. after resuming) and aperture photometry on the coadds
-   (:mod:`.photometry`);
+4. detect on a flat-SED matched-filter S/N map with the brick's Gaia point sources as
+   existing sources (:mod:`.detect`, :mod:`.refstars`);
+5. forced PSF photometry and PSF/REX/DEV light-profile fits on every CCD (threads again;
+   the calibrated CCD pixels are kept in memory from step 3 when the memory limit allows,
+   as legacypipe keeps its tims, else read again, e.g. after resuming), a joint position
+   step, and aperture photometry on the coadds (:mod:`.photometry`, :mod:`.galfit`);
 6. write the coadds, maskbits, depth histograms, ccds table, JPEG, blob map,
    then the tractor catalogue and ``brick-<brick>.sha256sum`` (:mod:`.brickio`).
 
-This is not legacypipe's runbrick: no Tractor model fitting, no galaxy
-profiles, no WISE forced photometry, no Gaia/Tycho reference sources, no dust
-map (``ebv`` is 0 and ``mw_transmission`` 1; header ``EBVMAP = 'none'``).
+This is not legacypipe's runbrick: no Tractor (sources are fitted one at a time, galaxies
+are round), no WISE forced photometry, no dust map (``ebv`` is 0 and ``mw_transmission``
+1; header ``EBVMAP = 'none'``).
 
 Test hook: with environment variable ``LSDASK_RUNBRICK_TEST_KILL_AFTER=coadds``
 the process SIGKILLs itself right after writing the coadds checkpoint (used by
@@ -373,16 +374,51 @@ def make_coadds(layout: ReleaseLayout, sel: np.ndarray, wcs, bands, kernel: str,
 
 
 # -- measurement ----------------------------------------------------------------------------
-def _phot_ccd(im: CcdImage, ra, dec):
-    """Forced PSF photometry and the model-fit sums of one CCD."""
-    return forced_phot_ccd(im, ra, dec), galfit.model_sums_ccd(im, ra, dec)
+def _phot_ccd(im: CcdImage, ra, dec, final: bool):
+    """One CCD's model-fit sums (first pass), or its forced PSF photometry and PSF-model
+    position sums (``final`` pass, at the fitted positions)."""
+    if final:
+        return im.band, forced_phot_ccd(im, ra, dec), galfit.model_sums_ccd(im, ra, dec,
+                                                                             psf_only=True)
+    return im.band, None, galfit.model_sums_ccd(im, ra, dec)
 
 
-def _phot_one(layout, sel, i, wcs, ra, dec):
+def _phot_one(layout, sel, i, wcs, ra, dec, final: bool):
     im: CcdImage | None = read_ccd_image(layout, sel[i], i, wcs)
     if im is None:
         return None
-    return _phot_ccd(im, ra, dec)
+    return _phot_ccd(im, ra, dec, final)
+
+
+def _ccd_passes(layout, sel, wcs, images, threads: int, ra, dec, final: bool):
+    """The per-CCD results of one pass, in CCD order (threads; scipy releases the GIL)."""
+    if images is not None:
+        def job(im):
+            return _phot_ccd(im, ra, dec, final)
+        items = images
+    else:
+        def job(i):
+            return _phot_one(layout, sel, i, wcs, ra, dec, final)
+        items = range(len(sel))
+    with ThreadPoolExecutor(threads) as pool:
+        yield from (out for out in pool.map(job, items) if out is not None)
+
+
+class _Sums:
+    """Per-band sums of :class:`~.galfit.ModelSums` over CCDs."""
+
+    def __init__(self, bands, n: int, K: int):
+        self.A = {b: np.zeros((n, K)) for b in bands}
+        self.B = {b: np.zeros((n, K)) for b in bands}
+        self.U = {b: np.zeros((n, 2)) for b in bands}
+        self.V = {b: np.zeros((n, 2)) for b in bands}
+        self.M = {b: np.zeros((n, 2, 2)) for b in bands}
+
+    def add(self, ms) -> None:
+        if ms.band not in self.A:
+            return
+        for k in ("A", "B", "U", "V", "M"):
+            getattr(self, k)[ms.band][ms.idx] += getattr(ms, k)
 
 
 def detect_with_refs(coadds, wcs, refs: np.ndarray, nsigma: float, threads: int = 1
@@ -438,39 +474,46 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
             cat[k][isref] = r["source_id" if k == "ref_id" else
                               "gaia_g" if k == "gaia_phot_g_mean_mag" else k]
     accs = {b: BandAccum(n) for b in coadds}
-    K = galfit.n_models()
-    sumA = {b: np.zeros((n, K)) for b in coadds}
-    sumB = {b: np.zeros((n, K)) for b in coadds}
+    fit = None
     if n:
-        if images is not None:
-            def job(im):
-                return _phot_ccd(im, ra, dec)
-            items = images
-        else:
-            def job(i):
-                return _phot_one(layout, sel, i, wcs, ra, dec)
-            items = range(len(sel))
-        with ThreadPoolExecutor(threads) as pool:
-            for out in pool.map(job, items):
-                if out is None or out[0].band not in accs:
-                    continue
-                ph, ms = out
-                accumulate(accs[ph.band], ph)
-                sumA[ms.band][ms.idx] += ms.A
-                sumB[ms.band][ms.idx] += ms.B
+        # pass 1: light-profile fits (PSF / REX / DEV) forced across each band's CCDs
+        sums = _Sums(coadds, n, galfit.n_models())
+        for _, _, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, final=False):
+            sums.add(ms)
+        sat0 = np.zeros(n, bool)
+        for c in coadds.values():
+            sat0 |= c["satur"][np.clip(np.rint(y).astype(int), 0, wcs.height - 1),
+                               np.clip(np.rint(x).astype(int), 0, wcs.width - 1)]
+        fit = galfit.choose_models(sums.A, sums.B, psf_only=sat0 | isref)
+        # positions: Gauss-Newton steps of a joint fit over every CCD (PSF model; reference
+        # sources keep their catalogue positions), the second one at the final pass
+        fw = _median_fwhm(coadds, wcs.pixscale) * wcs.pixscale
+        ra, dec = _move(ra, dec, sums, fit.flux_psf, isref, fw)
+        # pass 2, at the new positions: forced PSF photometry (point-source fluxes, masks,
+        # nobs, rchisq) and the PSF model's position sums
+        psums = _Sums(coadds, n, 1)
+        for band, ph, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, True):
+            if band in accs:
+                accumulate(accs[band], ph)
+            psums.add(ms)
+        pflux = {b: np.where(psums.A[b][:, 0] > 0, psums.B[b][:, 0]
+                             / np.where(psums.A[b][:, 0] > 0, psums.A[b][:, 0], 1), 0.0)
+                 for b in psums.A}
+        ra, dec, ivE, ivN = _move(ra, dec, psums, pflux, isref, fw, with_ivar=True)
+        x, y = wcs.radec_to_pixel(ra, dec)
+        x, y = x - 1.0, y - 1.0
+        cat["ra"], cat["dec"] = ra, dec
+        cat["bx"], cat["by"] = x, y
+        cat["brick_primary"] = brick.contains(ra, dec)
+        cat["ra_ivar"] = ivE * 3600.0 ** 2
+        cat["dec_ivar"] = ivN * 3600.0 ** 2
     pixscale = wcs.pixscale
     ix = np.clip(np.rint(x).astype(int), 0, wcs.width - 1)
     iy = np.clip(np.rint(y).astype(int), 0, wcs.height - 1)
-    saturated = np.zeros(n, bool)
-    for c in coadds.values():
-        saturated |= c["satur"][iy, ix]
-    # light-profile fits (PSF / REX / DEV) forced across each band's CCDs
-    fit = galfit.choose_models(sumA, sumB, psf_only=saturated | isref) if n else None
     is_gal = (fit.type != "PSF") if n else np.zeros(0, bool)
     shape_r = fit.shape_r if n else np.zeros(0, np.float32)
     mjd_min = np.full(n, np.inf)
     mjd_max = np.full(n, -np.inf)
-    snr2 = np.zeros(n)
     models = {}
     for b, c in coadds.items():
         res = band_results(accs[b])
@@ -490,7 +533,6 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         with np.errstate(invalid="ignore"):
             chi2 = ((c["image"] - model) ** 2 * c["invvar"]).astype(np.float32)
         models[b] = {"model": model, "chi2": chi2}
-        snr2 += np.where(res["flux_ivar"] > 0, res["flux"] ** 2 * res["flux_ivar"], 0)
         mjd_min = np.minimum(mjd_min, res["mjd_min"])
         mjd_max = np.maximum(mjd_max, res["mjd_max"])
         if b not in OPTICAL_BANDS:
@@ -520,16 +562,6 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         cat["shape_r"] = fit.shape_r
         cat["shape_r_ivar"] = fit.shape_r_ivar
         cat["dchisq"] = fit.dchisq
-    # positional uncertainty ~ sigma_psf / SNR per axis
-    fw = np.zeros(n)
-    for b in OPTICAL_BANDS:
-        if b in coadds:
-            fw = np.maximum(fw, cat[f"psfsize_{b}"])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sig_pos_deg = (fw / 2.3548) / np.sqrt(np.maximum(snr2, 1e-12)) / 3600.0
-        pos_iv = np.where((fw > 0) & (snr2 > 0), 1.0 / sig_pos_deg ** 2, 0)
-    cat["ra_ivar"] = pos_iv
-    cat["dec_ivar"] = pos_iv
     for b in OPTICAL_BANDS:
         if b not in coadds:
             continue
@@ -542,6 +574,25 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         cat = cat[fit.keep | isref]
         cat["objid"] = np.arange(len(cat), dtype=np.int32)
     return cat, models
+
+
+def _median_fwhm(coadds, pixscale: float) -> float:
+    """Median PSF FWHM (pixels) over the covered coadd pixels of all bands."""
+    sizes = np.concatenate([c["psfsize"][c["invvar"] > 0] for c in coadds.values()])
+    return float(np.median(sizes)) / pixscale if sizes.size else 1.0
+
+
+def _move(ra, dec, sums: _Sums, flux: dict, fixed: np.ndarray, fwhm_arcsec: float,
+          with_ivar: bool = False):
+    """(ra, dec) after one Gauss-Newton position step (``fixed`` sources do not move;
+    steps above half the FWHM are not taken), and with ``with_ivar`` the east / north
+    inverse variances (arcsec^-2)."""
+    step, ivE, ivN = galfit.position_step(sums.U, sums.V, sums.M, flux,
+                                          maxstep=0.5 * fwhm_arcsec)
+    step[fixed] = 0.0
+    dec2 = dec + step[:, 1] / 3600.0
+    ra2 = (ra + step[:, 0] / 3600.0 / np.cos(np.deg2rad(dec2))) % 360.0
+    return (ra2, dec2, ivE, ivN) if with_ivar else (ra2, dec2)
 
 
 # -- products -------------------------------------------------------------------------------
@@ -698,7 +749,7 @@ def tractor_header(brick: Brick, release: int, config_hash: str, kernel: str) ->
         "LSDASKV": __version__, "CONFHASH": config_hash or "none",
         "PROCESSR": "lite", "RESAMPLE": kernel, "EBVMAP": "none",
         "EBVNOTE": "no dust map configured: ebv = 0, mw_transmission = 1",
-        "PHOTNOTE": "lite: PSF-weighted forced photometry, not Tractor model fits",
+        "PHOTNOTE": "lite: per-CCD PSF/REX/DEV fits, sources fitted one at a time",
         "APRADII": ",".join(str(r) for r in AP_RADII),
     }
     for i, (name, ver) in enumerate(_dependency_versions()):
