@@ -375,12 +375,11 @@ def make_coadds(layout: ReleaseLayout, sel: np.ndarray, wcs, bands, kernel: str,
 
 # -- measurement ----------------------------------------------------------------------------
 def _phot_ccd(im: CcdImage, ra, dec, final: bool):
-    """One CCD's model-fit sums (first pass), or its forced PSF photometry and PSF-model
-    position sums (``final`` pass, at the fitted positions)."""
+    """One CCD's PSF-model sums (first pass, for positions), or its forced PSF photometry
+    and every model's sums (``final`` pass, at the fitted positions)."""
     if final:
-        return im.band, forced_phot_ccd(im, ra, dec), galfit.model_sums_ccd(im, ra, dec,
-                                                                             psf_only=True)
-    return im.band, None, galfit.model_sums_ccd(im, ra, dec)
+        return im.band, forced_phot_ccd(im, ra, dec), galfit.model_sums_ccd(im, ra, dec)
+    return im.band, None, galfit.model_sums_ccd(im, ra, dec, psf_only=True)
 
 
 def _phot_one(layout, sel, i, wcs, ra, dec, final: bool):
@@ -476,30 +475,27 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
     accs = {b: BandAccum(n) for b in coadds}
     fit = None
     if n:
-        # pass 1: light-profile fits (PSF / REX / DEV) forced across each band's CCDs
-        sums = _Sums(coadds, n, galfit.n_models())
+        # positions: Gauss-Newton steps of a joint fit over every CCD (PSF model; reference
+        # sources keep their catalogue positions): pass 1 with the PSF model only ...
+        fw = _median_fwhm(coadds, wcs.pixscale) * wcs.pixscale
+        psums = _Sums(coadds, n, 1)
         for _, _, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, final=False):
+            psums.add(ms)
+        ra, dec = _move(ra, dec, psums, _psf_flux(psums), isref, fw)
+        # ... pass 2 at the new positions: forced PSF photometry (point-source fluxes,
+        # masks, nobs, rchisq) and light-profile fits (PSF / REX / DEV) forced across each
+        # band's CCDs, then the second position step (fluxes stay those of pass 2)
+        sums = _Sums(coadds, n, galfit.n_models())
+        for band, ph, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, True):
+            if band in accs:
+                accumulate(accs[band], ph)
             sums.add(ms)
         sat0 = np.zeros(n, bool)
         for c in coadds.values():
             sat0 |= c["satur"][np.clip(np.rint(y).astype(int), 0, wcs.height - 1),
                                np.clip(np.rint(x).astype(int), 0, wcs.width - 1)]
         fit = galfit.choose_models(sums.A, sums.B, psf_only=sat0 | isref)
-        # positions: Gauss-Newton steps of a joint fit over every CCD (PSF model; reference
-        # sources keep their catalogue positions), the second one at the final pass
-        fw = _median_fwhm(coadds, wcs.pixscale) * wcs.pixscale
-        ra, dec = _move(ra, dec, sums, fit.flux_psf, isref, fw)
-        # pass 2, at the new positions: forced PSF photometry (point-source fluxes, masks,
-        # nobs, rchisq) and the PSF model's position sums
-        psums = _Sums(coadds, n, 1)
-        for band, ph, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, True):
-            if band in accs:
-                accumulate(accs[band], ph)
-            psums.add(ms)
-        pflux = {b: np.where(psums.A[b][:, 0] > 0, psums.B[b][:, 0]
-                             / np.where(psums.A[b][:, 0] > 0, psums.A[b][:, 0], 1), 0.0)
-                 for b in psums.A}
-        ra, dec, ivE, ivN = _move(ra, dec, psums, pflux, isref, fw, with_ivar=True)
+        ra, dec, ivE, ivN = _move(ra, dec, sums, fit.flux_psf, isref, fw, with_ivar=True)
         x, y = wcs.radec_to_pixel(ra, dec)
         x, y = x - 1.0, y - 1.0
         cat["ra"], cat["dec"] = ra, dec
@@ -574,6 +570,16 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         cat = cat[fit.keep | isref]
         cat["objid"] = np.arange(len(cat), dtype=np.int32)
     return cat, models
+
+
+def _psf_flux(sums: _Sums) -> dict[str, np.ndarray]:
+    """Per-band PSF-model fluxes from the model sums."""
+    out = {}
+    for b, A in sums.A.items():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[b] = np.where(A[:, 0] > 0, sums.B[b][:, 0] / np.where(A[:, 0] > 0, A[:, 0], 1),
+                              0.0)
+    return out
 
 
 def _median_fwhm(coadds, pixscale: float) -> float:
