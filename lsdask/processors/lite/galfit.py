@@ -16,7 +16,7 @@ Fourier transform times the profile's analytic (exponential) or tabulated (de
 Vaucouleurs Hankel transform) one, then cubic-spline sampled at each source's sub-pixel
 pixel centres, so undersampled PSFs are handled exactly as in forced PSF photometry.
 One PSF per CCD (at the centre of its overlap with the brick) is used for all models.
-Sources are fitted one at a time at their detected positions (no simultaneous fit of
+Sources are fitted one at a time at fixed positions (no simultaneous fit of
 blends); elliptical shapes are not fitted.
 """
 
