@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsdask.simulate import SimConfig, moffat_stamp, simulate_survey
+from lsdask.simulate import SimConfig, moffat_stamp, pixel_oversample, simulate_survey
 from lsdask.survey.bricks import brick_grid
 from lsdask.survey.ccds import SURVEY_CCDS_DTYPE
 from lsdask.survey.layout import ReleaseLayout
@@ -16,10 +16,23 @@ from lsdask.survey.psfex import PsfExModel, write_psfex
 from lsdask.survey.splinesky import SPLINESKY_DTYPE, write_splinesky
 
 PSF_HALF = 31
+FINE_HALF = 15
 
 
 def _s(v) -> str:
     return v.decode().strip() if isinstance(v, bytes) else str(v).strip()
+
+
+def _model_image(fw: float, beta: float, ov: int) -> np.ndarray:
+    """The true PSF as a PsfEx basis image: natively sampled (``ov == 1``), else pixel-
+    integrated and sampled ``ov`` times finer, as the simulator renders it."""
+    if ov == 1:
+        return moffat_stamp(fw, beta, PSF_HALF)
+    from scipy.ndimage import uniform_filter
+
+    fine = moffat_stamp(fw * ov, beta, FINE_HALF * ov)
+    eff = uniform_filter(fine, size=ov, mode="constant")
+    return eff / eff.sum()
 
 
 def perfect_calibs(layout: ReleaseLayout) -> np.ndarray:
@@ -42,13 +55,15 @@ def perfect_calibs(layout: ReleaseLayout) -> np.ndarray:
                 w, h = int(hdr["ZNAXIS1"]), int(hdr["ZNAXIS2"])
                 fw = float(t["fwhm"])
                 beta = float(t["psf_beta"])
-                lo = moffat_stamp(fw * (1 - 0.015), beta, PSF_HALF)
-                hi = moffat_stamp(fw * (1 + 0.015), beta, PSF_HALF)
-                mid = moffat_stamp(fw, beta, PSF_HALF)
+                ov = pixel_oversample(fw)
+                lo = _model_image(fw * (1 - 0.015), beta, ov)
+                hi = _model_image(fw * (1 + 0.015), beta, ov)
+                mid = _model_image(fw, beta, ov)
                 mask = np.stack([mid, np.zeros_like(mid), 0.5 * (hi - lo)]).astype(np.float32)
                 models.append(PsfExModel(mask, polzero=((w + 1) / 2.0, (h + 1) / 2.0),
                                          polscal=(w / 2.0, h / 2.0), poldeg=1, psf_fwhm=fw,
-                                         ccdname=ccd, expnum=int(t["expnum"])))
+                                         psf_samp=1.0 / ov, ccdname=ccd,
+                                         expnum=int(t["expnum"])))
                 sk = skies[k]
                 sk["gridw"], sk["gridh"] = 2, 2
                 sk["gridvals"] = float(t["sky"])

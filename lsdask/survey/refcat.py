@@ -11,7 +11,8 @@ API (stable)::
     healpix_ring(ra, dec, nside=32) -> int array
     chunk_name(index) -> "chunk-04759.fits"
     read_refstars(gaia_dir, ra, dec, radius_deg=None, box=None, bands=("g","r","z"))
-        -> structured array: ra, dec, pmra, pmdec, ref_epoch, gaia_g, mag_<b>, mag_<b>_err
+        -> structured array: ra, dec, pmra, pmdec, ref_epoch, gaia_g, mag_<b>, mag_<b>_err,
+           source_id, astrometric_excess_noise
     gaia_to_decam(g, bp, rp, band) -> approximate DECam magnitude (for real Gaia chunks)
 
 Selection is a cone (``ra, dec, radius_deg``) or a box ``(ramin, ramax, decmin,
@@ -70,7 +71,8 @@ def chunk_name(index: int) -> str:
 REFSTAR_DTYPE = np.dtype([("ra", "f8"), ("dec", "f8"), ("pmra", "f4"), ("pmdec", "f4"),
                           ("ref_epoch", "f4"), ("gaia_g", "f4"),
                           ("mag_g", "f4"), ("mag_g_err", "f4"), ("mag_r", "f4"),
-                          ("mag_r_err", "f4"), ("mag_z", "f4"), ("mag_z_err", "f4")])
+                          ("mag_r_err", "f4"), ("mag_z", "f4"), ("mag_z_err", "f4"),
+                          ("source_id", "i8"), ("astrometric_excess_noise", "f4")])
 
 # Rough Gaia -> DECam colour terms (quadratic in BP-RP). NOT validated against PS1 or
 # legacypipe's transformations: zeropoints from real Gaia-only chunks are indicative only.
@@ -138,7 +140,8 @@ def read_refstars(gaia_dir: str | os.PathLike, ra: float | None = None, dec: flo
         d = d[keep]
         out = np.zeros(len(d), dtype=REFSTAR_DTYPE)
         names = set(d.dtype.names)
-        for k in ("ra", "dec", "pmra", "pmdec", "ref_epoch"):
+        for k in ("ra", "dec", "pmra", "pmdec", "ref_epoch", "source_id",
+                  "astrometric_excess_noise"):
             if k in names:
                 out[k] = np.nan_to_num(d[k])
         if "ref_epoch" not in names:

@@ -14,7 +14,7 @@ from ...survey.wcs import TanWCS
 
 #: DR9 maskbits used here.
 MASKBITS = {"NPRIMARY": 0x1, "BRIGHT": 0x2, "SATUR_G": 0x4, "SATUR_R": 0x8, "SATUR_Z": 0x10,
-            "ALLMASK_G": 0x20, "ALLMASK_R": 0x40, "ALLMASK_Z": 0x80}
+            "ALLMASK_G": 0x20, "ALLMASK_R": 0x40, "ALLMASK_Z": 0x80, "MEDIUM": 0x800}
 
 #: Depth-histogram bin edges (FORMATS.md): 0.1 mag from 20 to 25, outer edges 0 and 100.
 DEPTH_EDGES = np.arange(20, 25.001, 0.1)

@@ -129,7 +129,7 @@ class CcdImage:
     y0: int
     img: np.ndarray       # nanomaggies, sky subtracted, 0 where ivar == 0
     ivar: np.ndarray      # nanomaggies^-2
-    dq: np.ndarray        # data-quality bits (i2), 0 = good
+    dq: np.ndarray        # data-quality bits (i2, DR9 DQ_BITS), 0 = good
     wcs: CcdWcs
     pmap: PixelMap        # brick pixels covered and their CCD coordinates
     psf: np.ndarray       # unit-sum PSF stamp at the overlap centre (native pixels)
@@ -142,6 +142,26 @@ class CcdImage:
     @property
     def nbytes(self) -> int:
         return self.img.nbytes + self.ivar.nbytes + self.dq.nbytes
+
+
+#: DR9 (legacypipe ``DQ_BITS``) meanings of the ANYMASK/ALLMASK bits.
+DQ_BITS = {"badpix": 1, "satur": 2, "interp": 4, "cr": 16, "bleed": 64, "trans": 128,
+           "edge": 256, "edge2": 512, "outlier": 2048}
+#: CP data-quality codes -> DR9 bits (as legacypipe's ``remap_dq_cp_codes``); other
+#: non-zero codes read as bad pixels.
+CP_DQ_CODES = {1: "badpix", 2: "badpix", 3: "satur", 4: "bleed", 5: "cr", 6: "badpix",
+               7: "trans", 8: "trans"}
+
+
+def remap_dq(dq: np.ndarray) -> np.ndarray:
+    """CP data-quality codes to DR9 ``DQ_BITS`` (i2)."""
+    lut = np.full(9, DQ_BITS["badpix"], np.int16)
+    lut[0] = 0
+    for code, name in CP_DQ_CODES.items():
+        lut[code] = DQ_BITS[name]
+    d = np.asarray(dq).astype(np.int64)
+    out = np.where((d >= 0) & (d <= 8), lut[np.clip(d, 0, 8)], DQ_BITS["badpix"])
+    return out.astype(np.int16)
 
 
 def _galnorm(psf: np.ndarray, pixscale: float) -> float:
@@ -282,8 +302,7 @@ def read_ccd_image(layout: ReleaseLayout, ccd: np.void, row: int, brick_wcs) -> 
     img *= scale
     img[bad] = 0
     del skyimg, wt, good, bad
-    if dq.dtype != np.int16:
-        dq = np.clip(dq, -32768, 32767).astype(np.int16)
+    dq = remap_dq(dq)
     pixscale = wcs.tan.pixscale
     fwhm_pix = float(psfmodel.fwhm)
     if not np.isfinite(fwhm_pix) or fwhm_pix <= 0:

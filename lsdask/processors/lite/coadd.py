@@ -2,12 +2,12 @@
 
 Per band: ``image`` (nanomaggies), ``invvar``, ``nexp`` (good exposures per
 pixel), ``psfsize`` (ivar-weighted FWHM, arcsec), ``psfdepth`` and ``galdepth``
-(flux inverse variances of a point source / 0.45" exponential galaxy: sums of
-``ivar * norm**2``, legacypipe's definition) and data-quality summaries used for
-maskbits (``satur``, ``allmask``). The image is interpolated with the chosen
-kernel; the ivar is taken from the nearest CCD pixel and zeroed wherever a bad
-pixel lies within the kernel's reach. CCDs are accumulated in table order, so
-results do not depend on the number of threads.
+(flux inverse variances of a point source / 0.45" exponential galaxy: sums over good CCD
+pixels of ``norm**2 / sig1**2`` with the CCD's sky-only ``sig1``, legacypipe's
+definition) and data-quality summaries used for maskbits (``satur``, ``allmask``). The
+image is interpolated with the chosen kernel; the ivar is taken from the nearest CCD
+pixel and zeroed wherever a bad pixel lies within the kernel's reach. CCDs are
+accumulated in table order, so results do not depend on the number of threads.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Resampled:
     psfnorm: float
     galnorm: float
     psf_r50: float  # arcsec, half-light radius of the PSF stamp within 3 sigma
+    sky_iv: float = 0.0  # 1 / sig1^2: the CCD's sky-only pixel inverse variance
 
 
 def psf_half_light(psf: np.ndarray, fwhm_pix: float) -> float:
@@ -83,8 +84,11 @@ def resample_ccd(im: CcdImage, kernel: str) -> Resampled:
     slc = (slice(pm.by0, pm.by1), slice(pm.bx0, pm.bx1))
     pixscale = im.wcs.tan.pixscale
     r50 = psf_half_light(im.psf, im.fwhm / pixscale) * pixscale
+    # sig1 as legacypipe's tims: the median pixel ivar (sky only; sources are few pixels)
+    pos = im.ivar[im.ivar > 0]
+    sky_iv = float(np.median(pos)) if pos.size else 0.0
     return Resampled(im.row, im.band, slc, img.astype(np.float32, copy=False), ivar, covered,
-                     satur, im.fwhm, im.psfnorm, im.galnorm, r50)
+                     satur, im.fwhm, im.psfnorm, im.galnorm, r50, sky_iv)
 
 
 @dataclass
@@ -118,10 +122,12 @@ class BandCoadd:
         self.invvar[s] += r.ivar
         self.nexp[s] += r.ivar > 0
         self.ncov[s] += r.covered
-        for acc, k in ((self.psfdepth, r.psfnorm ** 2), (self.galdepth, r.galnorm ** 2),
-                       (self.psfsize, r.fwhm)):
-            np.multiply(r.ivar, np.float32(k), out=tmp)
-            acc[s] += tmp
+        np.multiply(r.ivar, np.float32(r.fwhm), out=tmp)
+        self.psfsize[s] += tmp
+        # depths as legacypipe: sky-only ivar (1/sig1^2) of every good CCD pixel, times norm^2
+        good = r.ivar > 0
+        for acc, k in ((self.psfdepth, r.psfnorm ** 2), (self.galdepth, r.galnorm ** 2)):
+            acc[s] += good * np.float32(r.sky_iv * k)
         if r.satur.any():
             self.satur[s] |= r.satur
         w = float(r.ivar.sum())

@@ -4,9 +4,9 @@ Per band the coadd is smoothed with a Gaussian of the band's median PSF width,
 giving a point-source flux estimate ``det_b`` with inverse variance
 ``detiv_b = psfnorm_b**2 * smoothed invvar``; the flat-SED combination
 ``sum(det_b detiv_b) / sum(detiv_b)`` times ``sqrt(sum detiv_b)`` is an S/N map
-(legacypipe's SED-matched detection with the flat SED). Peaks above ``nsigma``
-are extracted and deblended by sep; positions are refined with sep's windowed
-centroids on the ivar-weighted band sum.
+(legacypipe's SED-matched detection with the flat SED). Peaks above ``nsigma`` are
+kept as legacypipe does (a saddle test against brighter peaks); positions are refined
+by a Gaussian fit on the ivar-weighted band mean.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class Detections:
     snr: np.ndarray        # detection S/N at the peak
     segmap: np.ndarray     # i4 blob map, -1 where no source (sources' "blobs")
     blob: np.ndarray       # blob id of each source
+    ref: np.ndarray | None = None  # index into the brick's reference stars, -1 if none
 
     def __len__(self) -> int:
         return len(self.x)
@@ -131,29 +132,66 @@ def _sum_g2(sigma: float) -> float:
     return float(np.sum(g ** 2) ** 2)
 
 
-def detect(coadds: dict[str, dict[str, np.ndarray]], pixscale: float, nsigma: float,
-           threads: int = 1) -> Detections:
-    """Detect sources above ``nsigma`` in the flat-SED S/N map."""
-    import sep
+def find_peaks(snr: np.ndarray, nsigma: float, saddle_fraction: float = 0.1,
+               saddle_min: float = 2.0, window: int = 25, seeds=None, avoid=None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """legacypipe's peak finding on an S/N map: local maxima above ``nsigma``, brightest
+    first; a peak is kept unless the region around it above its height minus
+    ``max(saddle_min, saddle_fraction * height)`` (no deep enough saddle) reaches a peak
+    kept before (looked for within ``window`` pixels). ``seeds`` (x, y): existing sources
+    (reference stars), kept from the start; ``avoid`` (x, y, r): circles where peaks are
+    dropped (saturated cores of bright stars)."""
+    hot = snr > nsigma
+    peak = hot & (snr == ndimage.maximum_filter(snr, size=3, mode="constant", cval=0.0))
+    ny, nx = snr.shape
+    if avoid is not None and len(avoid[0]):
+        for ax, ay, ar in zip(*avoid, strict=True):
+            x0, x1 = int(max(0, np.floor(ax - ar))), int(min(nx, np.ceil(ax + ar) + 1))
+            y0, y1 = int(max(0, np.floor(ay - ar))), int(min(ny, np.ceil(ay + ar) + 1))
+            if x1 > x0 and y1 > y0:
+                yy, xx = np.mgrid[y0:y1, x0:x1]
+                peak[y0:y1, x0:x1] &= (xx - ax) ** 2 + (yy - ay) ** 2 > ar * ar
+    py, px = np.nonzero(peak)
+    order = np.argsort(-snr[py, px], kind="stable")
+    py, px = py[order], px[order]
+    kept = np.zeros(snr.shape, bool)
+    if seeds is not None and len(seeds[0]):
+        sx = np.clip(np.rint(seeds[0]).astype(int), 0, nx - 1)
+        sy = np.clip(np.rint(seeds[1]).astype(int), 0, ny - 1)
+        kept[sy, sx] = True
+    keep = np.zeros(len(px), bool)
+    for k, (y, x) in enumerate(zip(py, px, strict=True)):
+        y0, y1 = max(0, y - window), min(ny, y + window + 1)
+        x0, x1 = max(0, x - window), min(nx, x + window + 1)
+        v = snr[y, x]
+        level = v - max(saddle_min, saddle_fraction * v)
+        lab, _ = ndimage.label(snr[y0:y1, x0:x1] > level)
+        own = lab == lab[y - y0, x - x0]
+        if not (own & kept[y0:y1, x0:x1]).any():
+            keep[k] = True
+            kept[y, x] = True
+    return px[keep].astype(float), py[keep].astype(float)
 
+
+def detect(coadds: dict[str, dict[str, np.ndarray]], pixscale: float, nsigma: float,
+           threads: int = 1, seeds=None, avoid=None) -> Detections:
+    """Detect sources above ``nsigma`` in the flat-SED S/N map (:func:`find_peaks`, with
+    its ``seeds`` and ``avoid``); blobs are the connected regions of the map above
+    ``nsigma`` (dilated by 2 pixels)."""
     snr, comb, combiv = detection_map(coadds, pixscale, threads)
     sizes = np.concatenate([c["psfsize"][c["invvar"] > 0] for c in coadds.values()])
     sigma = float(np.median(sizes)) / pixscale / 2.3548
-    sep.set_extract_pixstack(max(300000, snr.size // 4))
-    sep.set_sub_object_limit(4096)
-    objs, seg = sep.extract(np.ascontiguousarray(snr, dtype=np.float32), thresh=nsigma,
-                            minarea=3, filter_kernel=None, deblend_nthresh=32,
-                            deblend_cont=0.0005, clean=False, segmentation_map=True)
+    x0, y0 = find_peaks(snr, nsigma, seeds=seeds, avoid=avoid)
+    seg, _ = ndimage.label(ndimage.binary_dilation(snr > nsigma, iterations=2))
     segmap = seg.astype(np.int32) - 1
-    if len(objs) == 0:
+    if len(x0) == 0:
         e = np.zeros(0)
         return Detections(e, e.copy(), e.astype(np.float32), segmap, np.zeros(0, np.int32))
-    x0, y0 = objs["xpeak"].astype(float), objs["ypeak"].astype(float)
     x, y = refine_positions(comb, combiv, x0, y0, sigma)
     ny, nx = snr.shape
     # sources centred off the grid (peaks on the edge of a star outside) are dropped
     on = (x > -0.5) & (x < nx - 0.5) & (y > -0.5) & (y < ny - 0.5)
-    x, y, objs = x[on], y[on], objs[on]
-    peak = snr[objs["ypeak"], objs["xpeak"]]
+    x, y, x0, y0 = x[on], y[on], x0[on], y0[on]
+    peak = snr[y0.astype(int), x0.astype(int)]
     blob = segmap[np.rint(y).astype(int), np.rint(x).astype(int)]
     return Detections(x, y, peak.astype(np.float32), segmap, blob.astype(np.int32))

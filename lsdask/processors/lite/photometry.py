@@ -10,13 +10,12 @@ sources and no galaxy profile fitting. What is measured:
   position; per band the fluxes are inverse-variance combined (``flux_b``,
   ``flux_ivar_b``). Per CCD the profile-weighted chi2, the PSF-weighted masked
   fraction and the data-quality bits at the centre give ``rchisq_b``,
-  ``fracmasked_b``, ``anymask_b``, ``allmask_b``; ``nobs_b`` counts CCDs with a
-  good centre pixel.
+  ``fracmasked_b``, ``anymask_b``, ``allmask_b`` (DR9 ``DQ_BITS`` at the centre pixel);
+  ``nobs_b`` counts the CCDs whose pixels contribute to the flux.
 - Aperture fluxes on the coadds in the DR9 radii, on the image, the residual
   (image - PSF model image) and a coverage mask.
-- ``fracflux_b`` from Gaussian PSF overlaps of neighbours; ``type`` PSF, or REX
-  when the half-light radius on the coadd clearly exceeds the PSF's (``shape_r``
-  is a deconvolved half-light radius, not a fitted exponential profile).
+- ``fracflux_b`` from Gaussian overlaps of neighbours. Light-profile fits (type,
+  galaxy fluxes, shapes, dchisq) are in :mod:`.galfit`.
 """
 
 from __future__ import annotations
@@ -191,11 +190,13 @@ def accumulate(acc: BandAccum, ph: CcdPhot) -> None:
     acc.chi2w[i] += ph.chi2w
     acc.pw[i] += ph.pw
     acc.maskw[i] += ph.maskw
-    acc.nobs[i] += ph.good_centre
+    # nobs: exposures whose pixels contribute to the source's flux (DR9 counts exposures,
+    # so a masked centre pixel in one of them does not make it 0 while a flux is measured)
+    g = ph.iv > 0
+    acc.nobs[i] += g
     acc.anymask[i] |= ph.dq
     acc.allmask[i] &= ph.dq
     acc.ncov[i] += 1
-    g = ph.good_centre
     acc.mjd_min[i[g]] = np.minimum(acc.mjd_min[i[g]], ph.mjd)
     acc.mjd_max[i[g]] = np.maximum(acc.mjd_max[i[g]], ph.mjd)
 
@@ -256,10 +257,12 @@ def aperture_phot(image: np.ndarray, invvar: np.ndarray, model: np.ndarray, x: n
         f, fe, _ = sep.sum_circle(img, x, y, rp, err=err, mask=mask, subpix=5)
         fr, _, _ = sep.sum_circle(resid, x, y, rp, mask=mask, subpix=5)
         fm, _, _ = sep.sum_circle(cov, x, y, rp, subpix=5)
-        with np.errstate(divide="ignore"):
-            out["apflux"][:, k] = f
-            out["apflux_ivar"][:, k] = np.where(fe > 0, 1.0 / fe ** 2, 0)
-        out["apflux_resid"][:, k] = fr
+        # as legacypipe: 0 with ivar 0 where not measured (off the coadd, all masked)
+        ok = np.isfinite(f) & np.isfinite(fe) & (fe > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["apflux"][:, k] = np.where(ok, f, 0)
+            out["apflux_ivar"][:, k] = np.where(ok, 1.0 / np.where(ok, fe, 1) ** 2, 0)
+        out["apflux_resid"][:, k] = np.where(ok & np.isfinite(fr), fr, 0)
         out["apflux_masked"][:, k] = np.clip(fm / (np.pi * rp * rp), 0, 1)
     return out
 

@@ -11,17 +11,18 @@ Steps (``run_runbrick``):
    (:mod:`.resample`); accumulate inverse-variance coadds in table order
    (:mod:`.coadd`); checkpoint the coadds; with several threads, start writing
    the coadd images in forked processes while the next steps run;
-4. detect on a flat-SED matched-filter S/N map (:mod:`.detect`);
-5. forced PSF photometry on every CCD (threads again; the calibrated CCD pixels are
-   kept in memory from step 3 when the memory limit allows, as legacypipe keeps its
-   tims, else read again, e.g. after resuming) and aperture photometry on the coadds
-   (:mod:`.photometry`);
+4. detect on a flat-SED matched-filter S/N map with the brick's Gaia point sources as
+   existing sources (:mod:`.detect`, :mod:`.refstars`);
+5. forced PSF photometry and PSF/REX/DEV light-profile fits on every CCD (threads again;
+   the calibrated CCD pixels are kept in memory from step 3 when the memory limit allows,
+   as legacypipe keeps its tims, else read again, e.g. after resuming), a joint position
+   step, and aperture photometry on the coadds (:mod:`.photometry`, :mod:`.galfit`);
 6. write the coadds, maskbits, depth histograms, ccds table, JPEG, blob map,
    then the tractor catalogue and ``brick-<brick>.sha256sum`` (:mod:`.brickio`).
 
-This is not legacypipe's runbrick: no Tractor model fitting, no galaxy
-profiles, no WISE forced photometry, no Gaia/Tycho reference sources, no dust
-map (``ebv`` is 0 and ``mw_transmission`` 1; header ``EBVMAP = 'none'``).
+This is not legacypipe's runbrick: no Tractor (sources are fitted one at a time, galaxies
+are round), no WISE forced photometry, no dust map (``ebv`` is 0 and ``mw_transmission``
+1; header ``EBVMAP = 'none'``).
 
 Test hook: with environment variable ``LSDASK_RUNBRICK_TEST_KILL_AFTER=coadds``
 the process SIGKILLs itself right after writing the coadds checkpoint (used by
@@ -49,7 +50,7 @@ from ...survey.layout import ReleaseLayout
 from ...survey.tractor import OPTICAL_BANDS, empty_tractor, validate_tractor, write_tractor
 from ...survey.wcs import TanWCS
 from .. import BrickMemoryError
-from . import brickio, checkpoint
+from . import brickio, checkpoint, galfit, refstars
 from .ccdimage import CcdImage, overlap_box, read_ccd_image
 from .coadd import BandCoadd, resample_ccd
 from .detect import Detections, detect
@@ -63,7 +64,6 @@ from .photometry import (
     forced_phot_ccd,
     fracflux,
     gaussian_model_image,
-    half_light_radius,
 )
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,6 @@ DEFAULT_KERNEL = "lanczos3"
 #: Coadd kinds written per band -> key in the band's coadd dict.
 COADD_PRODUCTS = {"image": "image", "invvar": "invvar", "nexp": "nexp", "depth": "psfdepth",
                   "galdepth": "galdepth", "psfsize": "psfsize", "model": "model", "chi2": "chi2"}
-#: Half-light radius ratio (source / PSF) above which a source is typed REX.
-REX_RATIO = 1.3
-REX_MIN_SNR = 30.0
-#: Radius (in PSF sigmas) within which half-light radii are compared (robust to wings,
-#: neighbours and sky residuals).
-REX_RMAX = 3.0
 
 
 def _s(v) -> str:
@@ -210,15 +204,17 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
     early = (_ImageWriter(coadd_jobs(layout, brickname, coadds), wcs, threads,
                           background=True) if threads > 1 else None)
     t = time.time()
-    det = detect(coadds, wcs.pixscale, float(options.nsigma), threads)
+    refs = refstars.brick_refs(layout, wcs)
+    det = detect_with_refs(coadds, wcs, refs, float(options.nsigma), threads)
     timings["detect"] = time.time() - t
     t = time.time()
-    cat, models = measure(layout, brick, wcs, sel, coadds, det, bands, kernel, threads, images)
+    cat, models = measure(layout, brick, wcs, sel, coadds, det, bands, kernel, threads, images,
+                          refs=refs)
     del images
     timings["photometry"] = time.time() - t
     t = time.time()
     uniq = unique_pixels(brick, wcs)
-    maskbits = make_maskbits(uniq, coadds)
+    maskbits = make_maskbits(uniq, coadds, refs, wcs.pixscale)
     iy = np.clip(np.rint(cat["by"]).astype(int), 0, wcs.height - 1)
     ix = np.clip(np.rint(cat["bx"]).astype(int), 0, wcs.width - 1)
     cat["maskbits"] = maskbits[iy, ix]
@@ -378,21 +374,91 @@ def make_coadds(layout: ReleaseLayout, sel: np.ndarray, wcs, bands, kernel: str,
 
 
 # -- measurement ----------------------------------------------------------------------------
-def _phot_one(layout, sel, i, wcs, ra, dec):
+def _phot_ccd(im: CcdImage, ra, dec, final: bool):
+    """One CCD's PSF-model sums (first pass, for positions), or its forced PSF photometry
+    and every model's sums (``final`` pass, at the fitted positions)."""
+    if final:
+        return im.band, forced_phot_ccd(im, ra, dec), galfit.model_sums_ccd(im, ra, dec)
+    return im.band, None, galfit.model_sums_ccd(im, ra, dec, psf_only=True)
+
+
+def _phot_one(layout, sel, i, wcs, ra, dec, final: bool):
     im: CcdImage | None = read_ccd_image(layout, sel[i], i, wcs)
     if im is None:
         return None
-    return forced_phot_ccd(im, ra, dec)
+    return _phot_ccd(im, ra, dec, final)
+
+
+def _ccd_passes(layout, sel, wcs, images, threads: int, ra, dec, final: bool):
+    """The per-CCD results of one pass, in CCD order (threads; scipy releases the GIL)."""
+    if images is not None:
+        def job(im):
+            return _phot_ccd(im, ra, dec, final)
+        items = images
+    else:
+        def job(i):
+            return _phot_one(layout, sel, i, wcs, ra, dec, final)
+        items = range(len(sel))
+    with ThreadPoolExecutor(threads) as pool:
+        yield from (out for out in pool.map(job, items) if out is not None)
+
+
+class _Sums:
+    """Per-band sums of :class:`~.galfit.ModelSums` over CCDs."""
+
+    def __init__(self, bands, n: int, K: int):
+        self.A = {b: np.zeros((n, K)) for b in bands}
+        self.B = {b: np.zeros((n, K)) for b in bands}
+        self.U = {b: np.zeros((n, 2)) for b in bands}
+        self.V = {b: np.zeros((n, 2)) for b in bands}
+        self.M = {b: np.zeros((n, 2, 2)) for b in bands}
+
+    def add(self, ms) -> None:
+        if ms.band not in self.A:
+            return
+        for k in ("A", "B", "U", "V", "M"):
+            getattr(self, k)[ms.band][ms.idx] += getattr(ms, k)
+
+
+def detect_with_refs(coadds, wcs, refs: np.ndarray, nsigma: float, threads: int = 1
+                     ) -> Detections:
+    """Detections plus the Gaia point sources on the grid (as legacypipe: reference
+    sources first, peaks not separated from them by a saddle or on the saturated cores of
+    bright stars dropped); ``Detections.ref`` indexes ``refs``."""
+    shape = (wcs.height, wcs.width)
+    isref = np.flatnonzero(refstars.on_grid(refs, shape) & refs["pointsource"])
+    satur = np.zeros(shape, bool)
+    sizes = []
+    for c in coadds.values():
+        satur |= c["satur"]
+        sizes.append(c["psfsize"][c["invvar"] > 0])
+    allsizes = np.concatenate(sizes)
+    fwhm_pix = float(np.median(allsizes)) / wcs.pixscale if allsizes.size else 1.0
+    avoid = refstars.avoid_circles(refs, satur, fwhm_pix, wcs.pixscale)
+    det = detect(coadds, wcs.pixscale, nsigma, threads,
+                 seeds=(refs["x"][isref], refs["y"][isref]), avoid=avoid)
+    rx, ry = refs["x"][isref], refs["y"][isref]
+    iy = np.clip(np.rint(ry).astype(int), 0, wcs.height - 1)
+    ix = np.clip(np.rint(rx).astype(int), 0, wcs.width - 1)
+    return Detections(np.r_[det.x, rx], np.r_[det.y, ry],
+                      np.r_[det.snr, np.zeros(len(isref), np.float32)], det.segmap,
+                      np.r_[det.blob, det.segmap[iy, ix]].astype(np.int32),
+                      np.r_[np.full(len(det), -1), isref].astype(np.int64))
 
 
 def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kernel: str,
-            threads: int, images: list | None = None
+            threads: int, images: list | None = None, refs: np.ndarray | None = None
             ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
     """The tractor catalogue of the detections, and per-band model/chi2 images."""
     n = len(det)
     order = np.lexsort((det.x, det.y))
     x, y = det.x[order], det.y[order]
     ra, dec = wcs.pixel_to_radec(x + 1.0, y + 1.0)
+    ref = det.ref[order] if det.ref is not None else np.full(n, -1)
+    isref = ref >= 0
+    if refs is not None and isref.any():
+        r = refs[ref[isref]]
+        ra[isref], dec[isref] = r["ra"], r["dec"]  # reference positions, exactly
     cat = empty_tractor(n)
     cat["brickid"] = brick.brickid
     cat["brickname"] = brick.brickname.encode()
@@ -400,45 +466,69 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
     cat["ra"], cat["dec"] = ra, dec
     cat["bx"], cat["by"] = x, y
     cat["brick_primary"] = brick.contains(ra, dec)
+    if refs is not None and isref.any():
+        r = refs[ref[isref]]
+        cat["ref_cat"][isref] = b"G2"
+        for k in ("ref_id", "pmra", "pmdec", "ref_epoch", "gaia_phot_g_mean_mag"):
+            cat[k][isref] = r["source_id" if k == "ref_id" else
+                              "gaia_g" if k == "gaia_phot_g_mean_mag" else k]
     accs = {b: BandAccum(n) for b in coadds}
+    fit = None
     if n:
-        if images is not None:
-            def job(im):
-                return forced_phot_ccd(im, ra, dec)
-            items = images
-        else:
-            def job(i):
-                return _phot_one(layout, sel, i, wcs, ra, dec)
-            items = range(len(sel))
-        with ThreadPoolExecutor(threads) as pool:
-            for ph in pool.map(job, items):
-                if ph is not None and ph.band in accs:
-                    accumulate(accs[ph.band], ph)
+        # positions: Gauss-Newton steps of a joint fit over every CCD (PSF model; reference
+        # sources keep their catalogue positions): pass 1 with the PSF model only ...
+        fw = _median_fwhm(coadds, wcs.pixscale) * wcs.pixscale
+        psums = _Sums(coadds, n, 1)
+        for _, _, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, final=False):
+            psums.add(ms)
+        ra, dec = _move(ra, dec, psums, _psf_flux(psums), isref, fw)
+        # ... pass 2 at the new positions: forced PSF photometry (point-source fluxes,
+        # masks, nobs, rchisq) and light-profile fits (PSF / REX / DEV) forced across each
+        # band's CCDs, then the second position step (fluxes stay those of pass 2)
+        sums = _Sums(coadds, n, galfit.n_models())
+        for band, ph, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, True):
+            if band in accs:
+                accumulate(accs[band], ph)
+            sums.add(ms)
+        sat0 = np.zeros(n, bool)
+        for c in coadds.values():
+            sat0 |= c["satur"][np.clip(np.rint(y).astype(int), 0, wcs.height - 1),
+                               np.clip(np.rint(x).astype(int), 0, wcs.width - 1)]
+        fit = galfit.choose_models(sums.A, sums.B, psf_only=sat0 | isref)
+        ra, dec, ivE, ivN = _move(ra, dec, sums, fit.flux_psf, isref, fw, with_ivar=True)
+        x, y = wcs.radec_to_pixel(ra, dec)
+        x, y = x - 1.0, y - 1.0
+        cat["ra"], cat["dec"] = ra, dec
+        cat["bx"], cat["by"] = x, y
+        cat["brick_primary"] = brick.contains(ra, dec)
+        cat["ra_ivar"] = ivE * 3600.0 ** 2
+        cat["dec_ivar"] = ivN * 3600.0 ** 2
     pixscale = wcs.pixscale
     ix = np.clip(np.rint(x).astype(int), 0, wcs.width - 1)
     iy = np.clip(np.rint(y).astype(int), 0, wcs.height - 1)
+    is_gal = (fit.type != "PSF") if n else np.zeros(0, bool)
+    shape_r = fit.shape_r if n else np.zeros(0, np.float32)
     mjd_min = np.full(n, np.inf)
     mjd_max = np.full(n, -np.inf)
-    snr2 = np.zeros(n)
-    best_snr = np.zeros(n)
-    best_band = np.full(n, "", dtype="U2")
     models = {}
     for b, c in coadds.items():
         res = band_results(accs[b])
+        if n:
+            # galaxies: the fitted model's total flux; point sources: per-source PSF stamps
+            res["flux"] = np.where(is_gal, fit.flux[b], res["flux"]).astype(np.float32)
+            res["flux_ivar"] = np.where(is_gal, fit.flux_ivar[b],
+                                        res["flux_ivar"]).astype(np.float32)
         if b not in OPTICAL_BANDS:
             log.warning("band %s has no DR9 tractor columns; measured but not written", b)
         psfsize = c["psfsize"][iy, ix]
         sig_pix = np.where(psfsize > 0, psfsize, np.median(c["psfsize"][c["invvar"] > 0]))
         sig_pix = sig_pix / pixscale / 2.3548
-        model = gaussian_model_image(c["image"].shape, x, y, res["flux"], sig_pix)
+        # Gaussian-equivalent model size (the half-light radius of a Gaussian is 1.177 sigma)
+        sig_mod = np.hypot(sig_pix, shape_r / pixscale / 1.177)
+        model = gaussian_model_image(c["image"].shape, x, y, res["flux"], sig_mod)
         with np.errstate(invalid="ignore"):
             chi2 = ((c["image"] - model) ** 2 * c["invvar"]).astype(np.float32)
         models[b] = {"model": model, "chi2": chi2}
-        snr = res["flux"] * np.sqrt(res["flux_ivar"])
-        snr2 += np.where(res["flux_ivar"] > 0, res["flux"] ** 2 * res["flux_ivar"], 0)
-        better = snr > best_snr
-        best_snr = np.where(better, snr, best_snr)
-        best_band = np.where(better, b, best_band)
         mjd_min = np.minimum(mjd_min, res["mjd_min"])
         mjd_max = np.maximum(mjd_max, res["mjd_max"])
         if b not in OPTICAL_BANDS:
@@ -447,7 +537,7 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         cat[f"flux_ivar_{b}"] = res["flux_ivar"]
         for k in ("rchisq", "fracmasked", "nobs", "anymask", "allmask"):
             cat[f"{k}_{b}"] = res[k]
-        cat[f"fracflux_{b}"] = fracflux(x, y, res["flux"], sig_pix)
+        cat[f"fracflux_{b}"] = fracflux(x, y, res["flux"], sig_mod)
         cat[f"psfsize_{b}"] = psfsize
         cat[f"psfdepth_{b}"] = c["psfdepth"][iy, ix]
         cat[f"galdepth_{b}"] = c["galdepth"][iy, ix]
@@ -463,60 +553,64 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         models[b]["flux"] = res["flux"]
     cat["mjd_min"] = np.where(np.isfinite(mjd_min), mjd_min, 0)
     cat["mjd_max"] = np.where(np.isfinite(mjd_max), mjd_max, 0)
-
-    # type: REX when the half-light radius clearly exceeds the PSF's in the best band
-    rex = np.zeros(n, bool)
-    shape_r = np.zeros(n, np.float32)
-    saturated = np.zeros(n, bool)
-    for c in coadds.values():
-        saturated |= c["satur"][iy, ix]
-    for b in models:
-        if b not in OPTICAL_BANDS or "sig_pix" not in models[b]:
-            continue
-        m = (best_band == b) & (best_snr > REX_MIN_SNR)
-        if not m.any():
-            continue
-        sig = models[b]["sig_pix"][m]
-        r50 = half_light_radius(coadds[b]["image"], coadds[b]["invvar"], x[m], y[m],
-                                REX_RMAX * sig)
-        r50_psf = float(coadds[b]["psf_r50"]) / pixscale
-        if not r50_psf > 0:
-            continue
-        res_m = (np.isfinite(r50) & (r50 > REX_RATIO * r50_psf)
-                 & (cat[f"fracflux_{b}"][m] < 0.2) & ~saturated[m])
-        idx = np.flatnonzero(m)[res_m]
-        rex[idx] = True
-        shape_r[idx] = np.sqrt(r50[res_m] ** 2 - r50_psf ** 2) * pixscale
-    cat["type"] = np.where(rex, b"REX", b"PSF")
-    cat["shape_r"] = shape_r
-    dchisq = np.zeros((n, 5), np.float32)
-    dchisq[:, 0] = snr2
-    dchisq[:, 1] = np.where(rex, snr2 * 1.01, snr2 * 0.99)
-    cat["dchisq"] = dchisq
-    # positional uncertainty ~ sigma_psf / SNR per axis
-    fw = np.zeros(n)
-    for b in OPTICAL_BANDS:
-        if b in coadds:
-            fw = np.maximum(fw, cat[f"psfsize_{b}"])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sig_pos_deg = (fw / 2.3548) / np.sqrt(np.maximum(snr2, 1e-12)) / 3600.0
-        pos_iv = np.where((fw > 0) & (snr2 > 0), 1.0 / sig_pos_deg ** 2, 0)
-    cat["ra_ivar"] = pos_iv
-    cat["dec_ivar"] = pos_iv
+    if n:
+        cat["type"] = fit.type.astype("S3")
+        cat["shape_r"] = fit.shape_r
+        cat["shape_r_ivar"] = fit.shape_r_ivar
+        cat["dchisq"] = fit.dchisq
     for b in OPTICAL_BANDS:
         if b not in coadds:
             continue
-        sig_src = np.where(rex, shape_r / 1.678, 0.0)  # rough Gaussian-equivalent size
+        sig_src = np.where(is_gal, shape_r / 1.678, 0.0)  # rough Gaussian-equivalent size
         ff = fiber_fraction(sig_src)
         cat[f"fiberflux_{b}"] = cat[f"flux_{b}"] * ff
         cat[f"fibertotflux_{b}"] = cat[f"flux_{b}"] * ff * (1 + cat[f"fracflux_{b}"])
+    if n:
+        # legacypipe drops sources whose best model is below its 5-sigma penalised cut
+        cat = cat[fit.keep | isref]
+        cat["objid"] = np.arange(len(cat), dtype=np.int32)
     return cat, models
 
 
+def _psf_flux(sums: _Sums) -> dict[str, np.ndarray]:
+    """Per-band PSF-model fluxes from the model sums."""
+    out = {}
+    for b, A in sums.A.items():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[b] = np.where(A[:, 0] > 0, sums.B[b][:, 0] / np.where(A[:, 0] > 0, A[:, 0], 1),
+                              0.0)
+    return out
+
+
+def _median_fwhm(coadds, pixscale: float) -> float:
+    """Median PSF FWHM (pixels) over the covered coadd pixels of all bands."""
+    sizes = np.concatenate([c["psfsize"][c["invvar"] > 0] for c in coadds.values()])
+    return float(np.median(sizes)) / pixscale if sizes.size else 1.0
+
+
+def _move(ra, dec, sums: _Sums, flux: dict, fixed: np.ndarray, fwhm_arcsec: float,
+          with_ivar: bool = False):
+    """(ra, dec) after one Gauss-Newton position step (``fixed`` sources do not move;
+    steps above half the FWHM are not taken), and with ``with_ivar`` the east / north
+    inverse variances (arcsec^-2)."""
+    step, ivE, ivN = galfit.position_step(sums.U, sums.V, sums.M, flux,
+                                          maxstep=0.5 * fwhm_arcsec)
+    step[fixed] = 0.0
+    dec2 = dec + step[:, 1] / 3600.0
+    ra2 = (ra + step[:, 0] / 3600.0 / np.cos(np.deg2rad(dec2))) % 360.0
+    return (ra2, dec2, ivE, ivN) if with_ivar else (ra2, dec2)
+
+
 # -- products -------------------------------------------------------------------------------
-def make_maskbits(uniq: np.ndarray, coadds) -> np.ndarray:
-    """DR9-style maskbits image: NPRIMARY outside the brick, SATUR_b, ALLMASK_b."""
+def make_maskbits(uniq: np.ndarray, coadds, refs: np.ndarray | None = None,
+                  pixscale: float = 0.262) -> np.ndarray:
+    """DR9-style maskbits image: NPRIMARY outside the brick, BRIGHT and MEDIUM within the
+    masking radius of reference stars, SATUR_b, ALLMASK_b."""
     mb = np.where(uniq, 0, brickio.MASKBITS["NPRIMARY"]).astype(np.int16)
+    if refs is not None and len(refs):
+        bright, medium = refstars.star_masks(refs, uniq.shape, pixscale)
+        mb[bright] |= brickio.MASKBITS["BRIGHT"]
+        mb[medium] |= brickio.MASKBITS["MEDIUM"]
     for b, c in coadds.items():
         if f"SATUR_{b.upper()}" in brickio.MASKBITS:
             mb[c["satur"]] |= brickio.MASKBITS[f"SATUR_{b.upper()}"]
@@ -661,7 +755,7 @@ def tractor_header(brick: Brick, release: int, config_hash: str, kernel: str) ->
         "LSDASKV": __version__, "CONFHASH": config_hash or "none",
         "PROCESSR": "lite", "RESAMPLE": kernel, "EBVMAP": "none",
         "EBVNOTE": "no dust map configured: ebv = 0, mw_transmission = 1",
-        "PHOTNOTE": "lite: PSF-weighted forced photometry, not Tractor model fits",
+        "PHOTNOTE": "lite: per-CCD PSF/REX/DEV fits, sources fitted one at a time",
         "APRADII": ",".join(str(r) for r in AP_RADII),
     }
     for i, (name, ver) in enumerate(_dependency_versions()):
