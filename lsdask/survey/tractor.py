@@ -141,6 +141,26 @@ def empty_tractor(n: int) -> np.ndarray:
     return t
 
 
+def conform_tractor(data: np.ndarray) -> np.ndarray:
+    """Any legacypipe tractor table (DR9, DR10/DR11 with ``ls_id``, Gaia and i-band columns,
+    runs with ``--no-wise``/``--no-gaia``) as DR9 rows: the DR9 columns it has, cast; the
+    ones it lacks as legacypipe leaves unmeasured quantities (0, ivar 0; see
+    :func:`empty_tractor`); columns DR9 lacks left out."""
+    data = normalize_tractor(data)
+    out = empty_tractor(len(data))
+    for name in TRACTOR_COLUMNS:
+        if name not in data.dtype.names:
+            continue
+        src, want = data[name], TRACTOR_DTYPE[name]
+        if src.shape[1:] != want.shape:
+            n = min(src.shape[1] if src.ndim > 1 else 1, want.shape[0] if want.shape else 1)
+            if want.shape and src.ndim > 1:
+                out[name][:, :n] = src[:, :n]
+            continue
+        out[name] = src
+    return out
+
+
 def normalize_tractor(data: np.ndarray) -> np.ndarray:
     """Lower-case names, unicode text as fixed-width bytes, native byte order."""
     descr = []
