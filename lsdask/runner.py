@@ -331,6 +331,11 @@ class Runner:
             return False
         res = result
         if res.get("status") == "blocked":
+            if any(not d.done for d in task.deps):
+                # an upstream attempt failed but is being tried again: wait for it
+                self._resubmit(task)
+                requeue.append(task)
+                return False
             self.ledger.mark_blocked(stage, {key: res.get("message") or "upstream failed"})
             task.done, task.result = True, res
             summary.blocked[stage] += 1
