@@ -188,7 +188,7 @@ class Release:
         t0, c0 = time.time(), time.process_time()
         try:
             out = st.task(ctx, inputs, client)
-        except (OSError, Exception) as e:  # noqa: BLE001 - recorded; the run goes on
+        except Exception as e:  # noqa: BLE001 - recorded; the run goes on
             if _fatal_os_error(e):
                 raise
             log.error("stage %s failed: %s", stage, e)
