@@ -262,6 +262,13 @@ def resolve_region(sec: RegionSection, user: dict[str, RegionSection], file: str
             raise ConfigError(f"{file}: key '{key}.{k}' must be a list of two numbers [min, max]")
     if not (-90 <= sec.dec[0] <= sec.dec[1] <= 90):
         raise ConfigError(f"{file}: key '{key}.dec' must satisfy -90 <= min <= max <= 90")
+    ra0, ra1 = sec.ra
+    if not (0 <= ra0 <= 360 and 0 <= ra1 <= 360):
+        raise ConfigError(f"{file}: key '{key}.ra' must be within [0, 360], got {list(sec.ra)}")
+    if ra0 > ra1 and 360 - ra0 + ra1 >= 180:
+        raise ConfigError(f"{file}: key '{key}.ra': [{ra0:g}, {ra1:g}] would wrap through RA 0 "
+                          f"over {360 - ra0 + ra1:g} degrees; give [min, max] (or a wrap "
+                          f"narrower than 180 degrees, e.g. [350, 10])")
     return Region(float(sec.ra[0]), float(sec.ra[1]), float(sec.dec[0]), float(sec.dec[1]))
 
 
@@ -369,16 +376,70 @@ def parse_config(data: dict, file: str = "<config>", base: Path | None = None) -
     r = cfg.stages.runbrick
     if r.threads < 1:
         raise ConfigError(f"{file}: key 'stages.runbrick.threads' must be >= 1")
+    _check_values(cfg, file)
     return cfg
+
+
+#: Band names a release may use.
+BANDS = ("u", "g", "r", "i", "z", "Y", "N419", "N501", "N540", "N673", "N708")
+#: Resampling kernels of runbrick.
+KERNELS = ("lanczos3", "spline3")
+
+
+def _check_values(cfg: ReleaseConfig, file: str) -> None:
+    """Values that parse but cannot work: each a :class:`ConfigError` naming file and key."""
+
+    from .survey.camera import get_camera
+
+    def bad(key: str, what: str) -> ConfigError:
+        return ConfigError(f"{file}: key '{key}': {what}")
+
+    for c in cfg.release.cameras:
+        try:
+            get_camera(c)
+        except Exception:  # noqa: BLE001 - any lookup failure is an unknown camera
+            raise bad("release.cameras", f"unknown camera {c!r} (decam, mosaic, 90prime)"
+                      ) from None
+    for b in cfg.release.bands:
+        if b not in BANDS:
+            raise bad("release.bands", f"unknown band {b!r} (known: {', '.join(BANDS)})")
+    if not cfg.release.bands:
+        raise bad("release.bands", "no bands")
+    st = cfg.stages
+    if st.runbrick.resample_kernel not in KERNELS:
+        raise bad("stages.runbrick.resample_kernel",
+                  f"unknown kernel {st.runbrick.resample_kernel!r} ({', '.join(KERNELS)})")
+    for name in ("calibs", "zeropoints", "runbrick"):
+        if getattr(st, name).timeout <= 0:
+            raise bad(f"stages.{name}.timeout", "must be > 0 seconds")
+    if st.runbrick.max_retries < 0:
+        raise bad("stages.runbrick.max_retries", "must be >= 0")
+    if st.runbrick.memory_limit_gb is not None and st.runbrick.memory_limit_gb <= 0:
+        raise bad("stages.runbrick.memory_limit_gb", "must be > 0")
+    if st.match.radius <= 0:
+        raise bad("stages.match.radius", "must be > 0 arcsec")
+    if cfg.cluster.window < 1:
+        raise bad("cluster.window", "must be >= 1")
+    try:
+        from .jobqueue import profile_path
+
+        profile_path(cfg.cluster.profile)
+    except ConfigError as e:
+        raise bad("cluster.profile", str(e)) from None
 
 
 def load_config(path: str | Path) -> ReleaseConfig:
     """Read and validate a release TOML file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: configuration file not found")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); a release TOML must be "
+                          f"UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
     return parse_config(data, str(path), path.resolve().parent)

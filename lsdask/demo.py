@@ -131,7 +131,7 @@ def simulate_demo(directory: str | Path, settings: DemoSettings | None = None) -
     layout = ReleaseLayout(survey)
     marker = layout.truth
     if marker.exists():
-        if not (layout.external_inputs_dir / DEMO_EXTERNAL).exists():
+        if not (layout.external_input(DEMO_EXTERNAL)).exists():
             write_demo_external(layout, s)
         return {"skipped": True, "truth": str(marker)}
     cfg = SimConfig(ramin=s.ramin, ramax=s.ramax, decmin=s.decmin, decmax=s.decmax,
@@ -165,7 +165,7 @@ def write_demo_external(layout, s: DemoSettings, n: int = 400, seed: int = 1) ->
     out["RA"][len(pick):] = rng.uniform(s.ramin, s.ramax, nfake)
     out["DEC"][len(pick):] = rng.uniform(s.decmin, s.decmax, nfake)
     out["TRUTH_ID"][len(pick):] = -1
-    path = layout.external_inputs_dir / DEMO_EXTERNAL
+    path = layout.external_input(DEMO_EXTERNAL)
     with atomic_path(path) as tmp:
         fitsio.write(str(tmp), out, extname="TARGETS", clobber=True)
     return path
@@ -228,8 +228,8 @@ def summarize(release, res, elapsed: float) -> dict[str, Any]:
         "ok": res.ok,
         "survey_ccds": str(layout.survey_ccds),
         "bricklist": str(layout.bricklist),
-        "tractor_dir": str(layout.release_dir / "tractor"),
-        "coadd_dir": str(layout.release_dir / "coadd"),
+        "tractor_dir": str(layout.tractor_dir),
+        "coadd_dir": str(layout.coadd_root),
         "post": {k: (v is not None) for k, v in res.post.items()},
         "sweeps_dir": str(layout.sweeps_dir),
         "report": res.report,

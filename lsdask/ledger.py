@@ -4,8 +4,9 @@ One SQLite file in the release directory (``layout.ledger``), WAL mode, written
 only by the driver (the lock guarantees one driver per release). Tables:
 
 - ``tasks``: one row per (stage, key) with its current state (pending, running,
-  succeeded, failed), attempt number, failures counted, threads, failure class
-  (``input``, ``oom``, ``timeout``, ``worker-lost``, ``walltime``, ``error``),
+  succeeded, failed, blocked: an input failed upstream), attempt number, failures
+  counted, threads, failure class (``input``, ``oom``, ``killed``, ``timeout``,
+  ``worker-lost``, ``walltime``, ``error``),
   message, worker, host, Slurm job id, start/end, wall and CPU seconds, peak RSS.
 - ``attempts``: the history, one row per finished (or abandoned) attempt.
 - ``runs``: run id, config hash, versions, user, host, start/end, outcome.
@@ -29,8 +30,8 @@ from typing import Any
 
 from .errors import LsdaskError
 
-STATES = ("pending", "running", "succeeded", "failed")
-FAILURE_CLASSES = ("input", "oom", "timeout", "worker-lost", "walltime", "error")
+STATES = ("pending", "running", "succeeded", "failed", "blocked")
+FAILURE_CLASSES = ("input", "oom", "killed", "timeout", "worker-lost", "walltime", "error")
 
 #: A lock whose heartbeat is older than this (seconds) is stale even if its PID looks alive.
 STALE_AFTER = 300.0
@@ -110,6 +111,10 @@ class LedgerLocked(LsdaskError):
     """Another live driver holds this release."""
 
 
+class LockLost(LsdaskError):
+    """This driver's lock was taken over by another driver: it must stop."""
+
+
 @dataclass
 class LockInfo:
     pid: int
@@ -164,6 +169,7 @@ class Ledger:
                 self._con.executescript(_SCHEMA)
         self.run_id: int | None = None
         self._locked = False
+        self.lock_lost = False
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
         self._in_tx = False
@@ -184,11 +190,13 @@ class Ledger:
     @staticmethod
     def lock_is_stale(info: LockInfo, now: float | None = None,
                       stale_after: float = STALE_AFTER) -> bool:
-        """A lock is stale when its driver's PID is dead on this host, or its heartbeat is old."""
+        """A lock is stale when its driver's PID is dead on this host (a live one on this host
+        is never stale, whatever the clocks say), or, held from another host, when its
+        heartbeat is older than ``stale_after``."""
+        if info.host == socket.gethostname():
+            return not _pid_alive(info.pid)
         now = time.time() if now is None else now
-        if now - info.heartbeat > stale_after:
-            return True
-        return info.host == socket.gethostname() and not _pid_alive(info.pid)
+        return now - info.heartbeat > stale_after
 
     def acquire(self, stale_after: float = STALE_AFTER, heartbeat: bool = True) -> None:
         """Take the driver lock, or raise :class:`LedgerLocked` naming the live holder."""
@@ -223,9 +231,21 @@ class Ledger:
 
     def heartbeat(self) -> None:
         with self._lock:
-            if self._locked:  # inside an open batch it commits with the batch (<= 0.5 s)
-                self._con.execute("UPDATE lock SET heartbeat = ? WHERE id = 1 AND pid = ?",
-                                  (time.time(), os.getpid()))
+            if self._locked and not self.lock_lost:
+                # inside an open batch it commits with the batch (<= 0.5 s)
+                n = self._con.execute(
+                    "UPDATE lock SET heartbeat = ? WHERE id = 1 AND pid = ? AND host = ?",
+                    (time.time(), os.getpid(), socket.gethostname())).rowcount
+                if n == 0:
+                    self.lock_lost = True
+
+    def check_lock(self) -> None:
+        """Raise :class:`LockLost` when another driver took this release over."""
+        if self.lock_lost:
+            info = self.lock_info()
+            who = f" by pid {info.pid} on {info.host}" if info is not None else ""
+            raise LockLost(f"{self.path}: the release lock was taken over{who}; this driver "
+                           f"stops (its tasks are re-planned by the driver holding the lock)")
 
     def release_lock(self) -> None:
         self._hb_stop.set()
@@ -242,6 +262,7 @@ class Ledger:
     def _require_lock(self) -> None:
         if not self._locked:
             raise LsdaskError(f"{self.path}: ledger written without holding the driver lock")
+        self.check_lock()
 
     # -- transactions ----------------------------------------------------------
     def _begin(self) -> None:
@@ -401,6 +422,15 @@ class Ledger:
                 "UPDATE tasks SET state = 'succeeded', failure_class = NULL, message = NULL "
                 "WHERE stage = ? AND key = ? AND state != 'succeeded'",
                 ((stage, k) for k in keys))
+
+    def mark_blocked(self, stage: str, why: dict[str, str]) -> None:
+        """Tasks that cannot run because an input failed upstream (key -> which): blocked."""
+        self._require_lock()
+        with self._lock:
+            self._begin()
+            self._con.executemany(
+                "UPDATE tasks SET state = 'blocked', failure_class = NULL, message = ? "
+                "WHERE stage = ? AND key = ?", ((m, stage, k) for k, m in why.items()))
 
     def reset(self, stage: str, failure_class: str | None = None,
               states: Sequence[str] = ("failed",), keys: Sequence[str] | None = None) -> int:

@@ -44,11 +44,16 @@ class RunResult:
     report: str | None = None
     dashboard: str | None = None
     elapsed: float = 0.0
+    #: after the run, from the ledger: failed tasks (this run or earlier) by class, and
+    #: blocked tasks, over the stages of the run
+    failed: dict[str, int] = field(default_factory=dict)
+    blocked: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.summary.total("failed") == 0 and all(
-            not (isinstance(v, dict) and v.get("error")) for v in self.post.values())
+        return (self.summary.total("failed") == 0 and not self.failed and not self.blocked
+                and all(not (isinstance(v, dict) and (v.get("error") or v.get("blocked")))
+                        for v in self.post.values()))
 
 
 class Release:
@@ -113,7 +118,7 @@ class Release:
             report_path = None
             cm: Any = contextlib.nullcontext()
             if report and client is not None:
-                report_path = self.layout.report_dir / f"dask-performance-run{run_id}.html"
+                report_path = self.layout.performance_report(run_id)
                 cm = _performance_report(report_path)
             with cm:
                 task_stages = [s for s in stages if s in TASK_STAGES or s == "images"]
@@ -125,52 +130,96 @@ class Release:
                                     desc=self.name, echo=echo)
                     result.dashboard = _link(client)
                     result.summary = runner.run(b.tasks)
-                changed = result.summary.total("submitted") > 0
                 for stage in stages:
                     if stage in POST_STAGES:
-                        prev = ledger.get(stage, stage)
-                        if (not changed and not ctx.forced(stage) and prev is not None
-                                and prev["state"] == "succeeded"):
-                            log.info("%s: up to date (nothing upstream changed)", stage)
-                            result.post[stage] = {"skipped": True}
-                            continue
-                        result.post[stage] = self._run_post(ctx, ledger, stage, client)
-                        changed = changed or result.post[stage] is not None
+                        result.post[stage] = self._run_whole(ctx, ledger, stage, client,
+                                                             result.post)
             result.report = str(report_path) if report_path and report_path.exists() else None
+            self._tally(ledger, result)
             outcome = "ok" if result.ok else "failures"
             return result
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
+        except Terminated:
+            outcome = "terminated"
+            raise
+        except Exception as e:
+            outcome = f"error: {type(e).__name__}"
+            raise
         finally:
             result.elapsed = time.time() - t0
-            ledger.end_run(outcome)
-            ledger.close()
+            with contextlib.suppress(Exception):
+                ledger.end_run(outcome)
+            with contextlib.suppress(Exception):
+                ledger.close()
             if own_cluster is not None:
                 close_cluster(client, own_cluster)
 
-    def _run_post(self, ctx: Context, ledger: Ledger, stage: str, client) -> dict | None:
-        from .graphs.stages import post_function, run_post
+    def _run_whole(self, ctx: Context, ledger: Ledger, stage: str, client,
+                   before: dict[str, Any]) -> dict | None:
+        """One whole-release stage through the stage protocol (:class:`WholeStage`)."""
+        from .graphs.stages import whole_stage
         from .task import classify
 
-        if post_function(stage) is None:
+        st = whole_stage(stage)
+        if st is None:
             return None
         ledger.ensure_tasks(stage, [stage])
+        failed = [n for n in st.needs if isinstance(before.get(n), dict)
+                  and (before[n].get("error") or before[n].get("blocked"))]
+        if failed:
+            why = f"{', '.join(failed)} failed"
+            log.warning("%s: blocked (%s)", stage, why)
+            ledger.mark_blocked(stage, {stage: why})
+            ledger.commit()
+            return {"blocked": why}
+        inputs = st.inputs(ctx)
+        if inputs is None:
+            log.info("%s: not configured", stage)
+            return None
+        if not ctx.forced(stage) and st.is_done(ctx, inputs):
+            log.info("%s: done (made from the inputs there now)", stage)
+            ledger.mark_skipped(stage, [stage])
+            ledger.commit()
+            return {"skipped": True}
         ledger.mark_running([(stage, stage, 1, 1)])
         ledger.commit()
         t0, c0 = time.time(), time.process_time()
         try:
-            out = run_post(ctx, stage, client)
+            out = st.task(ctx, inputs, client)
         except Exception as e:  # noqa: BLE001 - recorded; the run goes on
+            if _fatal_os_error(e):
+                raise
             log.error("stage %s failed: %s", stage, e)
             ledger.record(stage, stage, "failed", 1, count_failure=True,
                           failure_class=classify(e), message=f"{type(e).__name__}: {e}"[:2000],
                           start=t0, wall=time.time() - t0, threads=1)
             return {"error": f"{type(e).__name__}: {e}"}
-        if out is None:
-            ledger.record(stage, stage, "succeeded", 1, start=t0, wall=time.time() - t0,
-                          threads=1, message="not configured")
-            return None
+        bad = (out or {}).get("failed") or {}
+        if bad:
+            first = next(iter(bad.items()))
+            msg = f"{len(bad)} input(s) unusable, e.g. {first[0]}: {first[1]}"[:2000]
+            log.error("stage %s: %s", stage, msg)
+            ledger.record(stage, stage, "failed", 1, count_failure=True, failure_class="input",
+                          message=msg, start=t0, wall=time.time() - t0, threads=1)
+            return {**out, "error": msg}
         ledger.record(stage, stage, "succeeded", 1, start=t0, wall=time.time() - t0,
                       cpu=time.process_time() - c0, threads=1)
         return out
+
+    @staticmethod
+    def _tally(ledger: Ledger, result: RunResult) -> None:
+        """Failed (by class) and blocked tasks in the ledger, over the stages of the run."""
+        stages = set(result.stages)
+        for r in ledger.status_rows():
+            if r["stage"] not in stages:
+                continue
+            if r["state"] == "failed":
+                c = r["failure_class"] or "error"
+                result.failed[c] = result.failed.get(c, 0) + r["n"]
+            elif r["state"] == "blocked":
+                result.blocked += r["n"]
 
     # -- operator views ---------------------------------------------------------------------
     def status(self) -> Any:
@@ -192,6 +241,18 @@ class Release:
 
         with self.ledger() as led:
             return pd.DataFrame(led.tasks(stage, state, failure_class))
+
+
+class Terminated(BaseException):  # noqa: N818 - like KeyboardInterrupt
+    """The driver got SIGTERM (Slurm's walltime, ``scancel``): stop, recording the run's end."""
+
+
+def _fatal_os_error(e: BaseException) -> bool:
+    """Disk full, read-only or no permission: the release cannot be written; stop the run."""
+    import errno
+
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES,
+                                                  errno.EDQUOT)
 
 
 def status_frame(rows: list[dict], attempts: dict[str, float] | None = None) -> Any:

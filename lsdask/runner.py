@@ -11,8 +11,11 @@ upstream tasks it depends on) in submission order, and:
 - applies the retry policy: ``oom`` -> again with half the threads (down to 1),
   then failed ``oom``; worker lost (``KilledWorker``: the worker died, its Slurm
   job was cancelled) -> again, up to ``max_retries`` times; ``input``, ``error``,
-  ``timeout`` -> failed, no retry; a worker retired at its walltime (Dask moves
-  the task silently) -> an attempt recorded as ``walltime``, no failure counted;
+  ``timeout`` -> failed, no retry; a task process killed by a signal with no memory
+  evidence (``killed``) -> again, up to ``max_retries``; a task only queued on a lost worker
+  -> again, no failure counted; a task whose upstream task failed -> ``blocked``; a worker
+  retired at its walltime (Dask moves the task silently) -> an attempt recorded as
+  ``walltime``, no failure counted;
 - shows progress (tqdm in a terminal, Dask's progress widget in Jupyter) and
   prints the dashboard link at start.
 
@@ -52,6 +55,20 @@ class LifetimeReporterPlugin(WorkerPlugin):
         with contextlib.suppress(Exception):
             worker.log_event(WORKER_TOPIC, {"worker": worker.address,
                                             "retire_at": _retire_at(worker)})
+
+
+class QuietShutdownPlugin(WorkerPlugin):
+    """Worker plugin: these loggers (warnings about tasks cancelled when a run stops) at
+    ERROR in each worker, so stopping a run prints no chatter."""
+
+    name = "lsdask-quiet"
+
+    def __init__(self, loggers: Sequence[str]):
+        self.loggers = list(loggers)
+
+    def setup(self, worker) -> None:
+        for n in self.loggers:
+            logging.getLogger(n).setLevel(logging.ERROR)
 
 
 #: Dask key of attempt ``n`` of a task: ``runbrick-<brick>`` then ``runbrick-<brick>~2`` ...
@@ -101,6 +118,7 @@ class RunSummary:
     succeeded: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     failed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     retried: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    blocked: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     results: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     elapsed: float = 0.0
 
@@ -268,6 +286,16 @@ class Runner:
                 self._resubmit(task)
                 requeue.append(task)
                 return False
+            if isinstance(exc, KilledWorker) and getattr(task, "_started_on", None) is None:
+                # it was only queued on the lost worker(s): not its failure, run it again
+                self.ledger.record(stage, key, "failed", attempt, count_failure=False,
+                                   final=False, failure_class="worker-lost",
+                                   message="queued on a lost worker; resubmitted",
+                                   threads=task.spec.threads, **last)
+                summary.retried[stage] += 1
+                self._resubmit(task)
+                requeue.append(task)
+                return False
             if isinstance(exc, KilledWorker):
                 task.lost += 1
                 final = task.lost > task.max_retries
@@ -302,6 +330,16 @@ class Runner:
             requeue.append(task)
             return False
         res = result
+        if res.get("status") == "blocked":
+            if any(not d.done for d in task.deps):
+                # an upstream attempt failed but is being tried again: wait for it
+                self._resubmit(task)
+                requeue.append(task)
+                return False
+            self.ledger.mark_blocked(stage, {key: res.get("message") or "upstream failed"})
+            task.done, task.result = True, res
+            summary.blocked[stage] += 1
+            return True
         if res.get("status") == "succeeded":
             ok_batch.append((stage, key, attempt, res))
             task.done, task.result = True, res
@@ -310,19 +348,19 @@ class Runner:
         cls = res.get("failure_class") or "error"
         fields = {k: res.get(k) for k in ("worker", "host", "slurm_job_id", "start", "end",
                                           "wall", "cpu", "peak_rss", "threads", "message")}
-        if cls == "walltime":
-            # the worker retired at its lifetime: again elsewhere, not a failure
-            self.ledger.record(stage, key, "failed", attempt, count_failure=False, final=False,
-                               failure_class="walltime", **fields)
+        again = None  # a retry: (count it as a failure, threads)
+        if cls == "walltime":  # the worker retired at its lifetime: elsewhere, no failure
+            again = (False, None)
+        elif cls == "killed" and task.lost < task.max_retries:
+            task.lost += 1  # killed by a signal, not for memory (operator, node problem)
+            again = (True, None)
+        elif cls == "oom" and task.spec.threads > 1:
+            again = (True, max(1, task.spec.threads // 2))
+        if again is not None:
+            self.ledger.record(stage, key, "failed", attempt, count_failure=again[0],
+                               final=False, failure_class=cls, **fields)
             summary.retried[stage] += 1
-            self._resubmit(task)
-            requeue.append(task)
-            return False
-        if cls == "oom" and task.spec.threads > 1:
-            self.ledger.record(stage, key, "failed", attempt, count_failure=True, final=False,
-                               failure_class="oom", **fields)
-            summary.retried[stage] += 1
-            self._resubmit(task, threads=max(1, task.spec.threads // 2))
+            self._resubmit(task, threads=again[1])
             requeue.append(task)
             return False
         self.ledger.record(stage, key, "failed", attempt, count_failure=True,
@@ -377,6 +415,7 @@ class Runner:
         bar = _Progress(len(tasks), self.progress, self.desc)
         try:
             while todo or blocked or inflight:
+                self.ledger.check_lock()
                 # fill the window
                 room = self.window - inflight
                 if room > 0 and (todo or blocked):

@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class TaskSpec:
     child: bool = True
     attempt: int = 1
     report_start: bool = True
+    needs_deps: bool = False  # blocked (not run) when an upstream task did not succeed
 
 
 def classify(exc: BaseException) -> str:
@@ -105,10 +107,16 @@ def execute(spec: TaskSpec, deps: list[Any] | None = None) -> dict[str, Any]:
             w.log_event(START_TOPIC, {
                 "stage": spec.stage, "key": spec.key, "attempt": spec.attempt,
                 "start": start, "retire_at": _retire_at(w), **where})
-    if spec.child:
+    bad = [d for d in (deps or []) if isinstance(d, dict) and d.get("status") != "succeeded"]
+    if spec.needs_deps and bad:
+        res = {"status": "blocked", "failure_class": None, "summary": None,
+               "message": "; ".join(f"{d.get('task', 'upstream')} {d.get('status')}"
+                                    for d in bad)[:2000], "wall": 0.0, "cpu": 0.0}
+    elif spec.child:
         res = _run_child(spec)
     else:
         res = _run_inline(spec)
+    res["task"] = f"{spec.stage}-{spec.key}"
     res["summary"] = plain(res.get("summary"))
     res.update(where)
     res.setdefault("start", start)
@@ -161,9 +169,24 @@ def _run_inline(spec: TaskSpec) -> dict[str, Any]:
 # -- child process ------------------------------------------------------------------
 
 def _set_pdeathsig() -> None:
-    """Ask the kernel to SIGKILL this process when its parent (the worker) dies."""
+    """Ask the kernel to SIGKILL this process when its parent dies."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+#: File descriptors a task holds that its forked children must not keep (e.g. the brick's
+#: ``flock``: a child holding it would keep the brick locked after the task died).
+PRIVATE_FDS: set[int] = set()
+
+
+def _after_fork_in_child() -> None:
+    """In every process a task forks (processors' worker pools): die with the task, and
+    drop the task's private descriptors (locks)."""
+    _set_pdeathsig()
+    for fd in list(PRIVATE_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    PRIVATE_FDS.clear()
 
 
 def _tree_rss(pid: int) -> float:
@@ -188,6 +211,21 @@ def _tree_rss(pid: int) -> float:
     return total
 
 
+def _oom_kills() -> int:
+    """The cgroup's count of OOM kills (cgroup v2 ``memory.events``), 0 when unknown."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = f.read().strip().splitlines()[0].split(":", 2)[2]
+        with open(f"/sys/fs/cgroup{rel.rstrip('/')}/memory.events") as f:
+            for line in f:
+                k, _, v = line.partition(" ")
+                if k == "oom_kill":
+                    return int(v)
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 def _current_worker():
     with contextlib.suppress(Exception):
         from distributed import get_worker
@@ -207,8 +245,9 @@ def _run_child(spec: TaskSpec) -> dict[str, Any]:
     log = Path(spec.log) if spec.log else None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
-    fd, result_path = tempfile.mkstemp(prefix="lsdask-result-", suffix=".pickle")
-    os.close(fd)
+    # the child creates it (at its very end): a kill leaves no empty file behind
+    result_path = os.path.join(tempfile.gettempdir(),
+                               f"lsdask-result-{os.getpid()}-{uuid.uuid4().hex}.pickle")
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(spec.threads)
@@ -232,6 +271,7 @@ def _run_child(spec: TaskSpec) -> dict[str, Any]:
         except BrokenPipeError:
             pass
         killed_for = None
+        oom_before = _oom_kills()
         rusage = None
         status = 0
         next_rss = 0.0
@@ -289,8 +329,14 @@ def _run_child(spec: TaskSpec) -> dict[str, Any]:
                 cls, msg = killed_for
             elif proc.returncode < 0:
                 sig = -proc.returncode
-                cls = "oom" if sig == signal.SIGKILL else "error"
+                cls = "error"
                 msg = f"task process killed by signal {signal.Signals(sig).name}"
+                if sig == signal.SIGKILL:
+                    # the kernel's OOM killer, or someone: only memory evidence makes it oom
+                    oom = _oom_kills() > oom_before or (
+                        spec.memory_limit is not None and peak >= 0.9 * spec.memory_limit)
+                    cls = "oom" if oom else "killed"
+                    msg += " (out of memory)" if oom else " (not for memory: retried)"
             else:
                 cls, msg = "error", f"task process exited with code {proc.returncode}"
             res = {"status": "failed", "failure_class": cls, "message": msg, "summary": None}
@@ -318,6 +364,7 @@ def child_main(result_path: str) -> int:
     import logging
 
     _set_pdeathsig()
+    os.register_at_fork(after_in_child=_after_fork_in_child)
     ppid = os.getppid()
     if str(ppid) != os.environ.get("LSDASK_TASK_PARENT", str(ppid)):
         return 70  # the worker died before we could watch it

@@ -25,3 +25,11 @@ def tmp_release(tmp_path):
     from lsdask.survey.layout import ReleaseLayout
 
     return ReleaseLayout(tmp_path / "survey", tmp_path / "release", name="test")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault suite's figures line, when it ran."""
+    from lsdask.testing.faults import FIGURES
+
+    if FIGURES.kills_tried or FIGURES.bad_tried:
+        terminalreporter.write_line(FIGURES.summary())

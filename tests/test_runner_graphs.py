@@ -10,7 +10,7 @@ import pytest
 
 from lsdask.errors import UsageError
 from lsdask.graphs import images as images_stage
-from lsdask.graphs.stages import normalize_stages, post_function
+from lsdask.graphs.stages import normalize_stages, whole_stage
 from lsdask.processors.testing import make_survey, write_config
 from lsdask.release import Release
 
@@ -82,4 +82,6 @@ def test_stage_names():
     with pytest.raises(UsageError, match="unknown stage"):
         normalize_stages(["nope"])
     with pytest.raises(UsageError):
-        post_function("runbrick")
+        whole_stage("runbrick")
+    assert [whole_stage(s).name for s in ("parquet", "sweeps", "match", "depth")] == [
+        "parquet", "sweeps", "match", "depth"]

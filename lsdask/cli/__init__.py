@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sqlite3
 import sys
 
 from ..errors import LsdaskError
@@ -72,6 +73,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lsdask {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (OSError, sqlite3.Error) as e:
+        msg = storage_error(e)
+        if msg is None:
+            raise
+        print(f"lsdask {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+def storage_error(e: BaseException) -> str | None:
+    """One line for a release that cannot be written (disk full, read-only, no permission),
+    or None for other errors."""
+    import errno
+
+    if isinstance(e, sqlite3.Error):
+        text = str(e)
+        if any(s in text for s in ("disk is full", "readonly", "read-only", "unable to open",
+                                   "disk I/O error")):
+            return f"the ledger cannot be written ({text}): is the release dir full or read-only?"
+        return None
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                              errno.EACCES, errno.EPERM):
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror or e} (nothing half-written was kept)"
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

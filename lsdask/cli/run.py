@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -49,6 +51,36 @@ def quiet_dask(args) -> None:
         logging.getLogger("distributed").setLevel(logging.WARNING)
         # harmless "Sizeof calculation ... failed" notes about task arguments
         logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
+        for name in SHUTDOWN_NOISE:  # "... ended with CancelledError" when stopping
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+#: Loggers that warn about tasks cancelled by a shutdown (the run's end, Ctrl-C, SIGTERM).
+SHUTDOWN_NOISE = ("distributed.worker_state_machine", "distributed.nanny",
+                  "distributed.worker")
+
+
+
+
+def _on_sigterm(signum, frame) -> None:
+    from ..release import Terminated
+
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Processes started meanwhile (local Dask workers) ignore Ctrl-C: the driver alone
+    handles it, and stops them (no tracebacks from every worker)."""
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def run(args) -> int:
@@ -56,36 +88,51 @@ def run(args) -> int:
     from distributed import Client
 
     from ..jobqueue import adapt, close_cluster, make_cluster
-    from ..release import release_from_arg
+    from ..release import Terminated, release_from_arg
 
     release = release_from_arg(args.config)
     cfg = release.config
-    cluster = None
-    if args.scheduler:
-        client = Client(args.scheduler)
-    else:
-        profile = pick_profile(args, cfg)
-        cluster = make_cluster(profile, account=cfg.cluster.account,
-                               log_directory=cfg.layout.release_dir / "logs" / "dask-jobs"
-                               if profile != "local" else None)
-        if args.adapt:
-            adapt(cluster, *args.adapt)
-        elif getattr(cluster, "lsdask_kind", "local") == "slurm":
-            adapt(cluster, cfg.cluster.adapt_min, cfg.cluster.adapt_max)
-        client = Client(cluster)
-    force = args.force
-    if force is not None and len(force) == 0:
-        force = True
+    with contextlib.suppress(ValueError):  # SIGTERM (Slurm walltime, scancel): end cleanly
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    cluster = client = None
+    res = None
     try:
+        if args.scheduler:
+            client = Client(args.scheduler)
+        else:
+            profile = pick_profile(args, cfg)
+            with _sigint_ignored():
+                cluster = make_cluster(profile, account=cfg.cluster.account,
+                                       log_directory=cfg.layout.dask_logs_dir
+                                       if profile != "local" else None)
+            if args.adapt:
+                adapt(cluster, *args.adapt)
+            elif getattr(cluster, "lsdask_kind", "local") == "slurm":
+                adapt(cluster, cfg.cluster.adapt_min, cfg.cluster.adapt_max)
+            client = Client(cluster)
+        if not getattr(args, "verbose", False):
+            with contextlib.suppress(Exception):
+                from ..runner import QuietShutdownPlugin
+
+                client.register_plugin(QuietShutdownPlugin(SHUTDOWN_NOISE))
+        force = args.force
+        if force is not None and len(force) == 0:
+            force = True
         res = release.run(client, stages=args.stages, force=force or (),
                           progress=False if args.no_progress else None, window=args.window)
+    except (KeyboardInterrupt, Terminated) as e:
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated (SIGTERM)"
+        print(f"lsdask run: {what}; run it again to resume", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 143
     finally:
-        close_cluster(client, cluster)
-    print_result(res)
+        with _sigint_ignored(), contextlib.suppress(Exception):
+            if client is not None:
+                close_cluster(client, cluster)
+    print_result(res, args.config)
     return 0 if res.ok else 1
 
 
-def print_result(res) -> None:
+def print_result(res, config: Path | str = "CONFIG") -> None:
     s = res.summary
     out = sys.stderr
     for plan in res.plans.values():
@@ -98,5 +145,16 @@ def print_result(res) -> None:
         print(f"  {st}: {'not available/configured' if v is None else v}", file=out)
     if res.report:
         print(f"  performance report: {res.report}", file=out)
-    print(f"lsdask run: {'ok' if res.ok else 'finished with failures'} in {res.elapsed:.1f} s "
-          f"(see `lsdask status`)", file=out)
+    if res.ok:
+        print(f"lsdask run: ok in {res.elapsed:.1f} s", file=out)
+        return
+    nfail = sum(res.failed.values())
+    classes = ", ".join(f"{n} {c}" for c, n in sorted(res.failed.items()))
+    what = [f"{nfail} task(s) failed ({classes})"] if nfail else []
+    if res.blocked:
+        what.append(f"{res.blocked} blocked by failed inputs")
+    what += [f"{st} {v.get('error') or 'blocked: ' + str(v.get('blocked'))}"
+             for st, v in res.post.items()
+             if isinstance(v, dict) and (v.get("error") or v.get("blocked")) and not nfail]
+    print(f"lsdask run: not complete: {'; '.join(what) or 'failures'} "
+          f"(this run or earlier); see `lsdask tasks {config} --state failed`", file=out)

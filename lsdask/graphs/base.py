@@ -1,12 +1,17 @@
-"""The common shape of a stage: plan what is still to do, build tasks, reduce.
+"""The one shape of every stage: plan, is_done, task, reduce.
 
-A stage's ``plan`` looks at every candidate key: a key whose product exists and
-validates is done (skipped, ``force`` overrides); a key the ledger records as
-failed is left alone until ``lsdask retry`` resets it (``force`` overrides too);
-everything else (new, pending, or "running" when a previous driver died) is to
-do. ``tasks`` turns the keys to do into runner :class:`~lsdask.runner.Task`
-objects (Dask keys ``<stage>-<key>``, ``cores`` = threads), wired to upstream
-tasks of the same run.
+- ``is_done(key)``: the product exists, validates, and was made from the inputs that exist
+  now (an input fingerprint stamped beside the product, :mod:`lsdask.done`). It is the only
+  test of "done"; the ledger records history and never decides it.
+- ``plan``: every candidate key is done (skipped; ``force`` overrides), *blocked* (an input
+  it needs failed upstream and is not being remade: recorded, visible in ``status``, not
+  run), failed earlier (left alone until ``lsdask retry``; ``force`` overrides), or to do.
+- ``task(key)``: a :class:`~lsdask.task.TaskSpec` (per-key stages, run by the runner on the
+  workers, wired to the upstream tasks of the run) or, for a whole-release stage, a call
+  from the driver (:class:`WholeStage`). A task checks ``is_done`` again when it starts
+  (its inputs may have been remade upstream in the same run) and skips if so; it writes
+  its stamp after its product.
+- ``reduce``: the runner's summary (per-key stages) or the stage's summary dict.
 """
 
 from __future__ import annotations
@@ -63,25 +68,36 @@ class Context:
 
 @dataclass
 class Plan:
-    """Keys of a stage: to do, already done (valid product), failed (left alone)."""
+    """Keys of a stage: to do, done (valid, current product), failed earlier (left alone),
+    blocked (key -> which failed input it waits for)."""
 
     stage: str
     todo: list[str] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    blocked: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return (f"{self.stage}: {len(self.todo)} to do, {len(self.done)} done, "
-                f"{len(self.failed)} failed earlier")
+                f"{len(self.failed)} failed earlier"
+                + (f", {len(self.blocked)} blocked" if self.blocked else ""))
 
 
 def plan_keys(ctx: Context, stage: str, keys: Iterable[str],
-              is_done: Callable[[str], bool]) -> Plan:
-    """Split ``keys`` into to do / done / failed (see module docstring)."""
+              is_done: Callable[[str], bool],
+              blocked_by: Callable[[str], str | None] | None = None,
+              waiting: Callable[[str], bool] | None = None) -> Plan:
+    """Split ``keys`` into done / failed / blocked / to do (see module docstring);
+    ``blocked_by(key)``: why the key cannot run now (a failed input), or None;
+    ``waiting(key)``: its inputs are being made in this run, so it is a task that decides
+    whether it is done when it starts."""
     plan = Plan(stage)
     force = ctx.forced(stage)
     states = ctx.ledger.states(stage) if ctx.ledger is not None else {}
     for k in keys:
+        if waiting is not None and waiting(k):
+            plan.todo.append(k)
+            continue
         if not force and is_done(k):
             plan.done.append(k)
             continue
@@ -89,12 +105,36 @@ def plan_keys(ctx: Context, stage: str, keys: Iterable[str],
         if not force and row is not None and row["state"] == "failed":
             plan.failed.append(k)
             continue
+        why = blocked_by(k) if blocked_by is not None else None
+        if why:
+            plan.blocked[k] = why
+            continue
         plan.todo.append(k)
     if ctx.ledger is not None and ctx.ledger._locked:
-        ctx.ledger.ensure_tasks(stage, plan.done)
+        ctx.ledger.ensure_tasks(stage, [*plan.done, *plan.blocked])
         ctx.ledger.mark_skipped(stage, plan.done)
+        ctx.ledger.mark_blocked(stage, plan.blocked)
     log.info("%s", plan)
     return plan
+
+
+@dataclass(frozen=True)
+class WholeStage:
+    """A whole-release stage (one key, its name), run from the driver.
+
+    ``inputs(ctx)``: a JSON-able description of what it is made from now (checksums of its
+    input files, options), None when the stage is not configured; ``is_done(ctx, inputs)``:
+    its product exists, validates and was made from ``inputs``; ``task(ctx, inputs, client)``:
+    makes it (atomically, then its stamp) and returns a summary dict, whose ``failed``
+    (key -> message) lists inputs it could not use (then the stage is failed);
+    ``needs``: whole-release stages whose product it reads (blocked when one failed).
+    """
+
+    name: str
+    inputs: Callable[[Context], Any]
+    is_done: Callable[[Context, Any], bool]
+    task: Callable[[Context, Any, Any], dict]
+    needs: tuple[str, ...] = ()
 
 
 def processor_call(processor: str | ProcessorRef, name: str, *args: Any, **kwargs: Any) -> Any:

@@ -4,7 +4,13 @@ Writes ``layout.survey_ccds`` (FITS, ``ccd_cuts`` as computed by the zeropoints)
 its Parquet copy ``layout.survey_ccds_parquet`` and the kd-tree file
 ``layout.survey_ccds_kd``: with the ``legacypipe`` processor by legacypipe's
 ``create_kdtrees``, else with astrometry.net's ``startree`` when installed (skipped
-with a notice otherwise). One task, downstream of every zeropoint task of the run.
+with a notice otherwise). One task, downstream of every zeropoint task of the run
+(it runs whatever they did: a failed exposure is left out, and when it is repaired the
+merge's inputs change and it is redone).
+
+Done: both tables exist and their stamp records the inputs now (each exposure and the
+sha256 of its zeropoint table, ``missing`` when it has none). With no zeropoint table at
+all the task fails and leaves an existing survey-ccds as it was.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ import subprocess
 from typing import Any
 
 from ..atomic import atomic_path
+from ..done import file_sha256, fingerprint, stamp_ok, write_stamp
+from ..errors import InputError
 from ..processors import ProcessorRef
 from ..survey.layout import ReleaseLayout
 from ..task import TaskSpec
 from .base import PRIORITY, Context, Plan, plan_keys
+from .images import image_key
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +35,27 @@ KEY = "survey-ccds"
 PRIO = PRIORITY["ccds"]
 
 
-def is_done(layout: ReleaseLayout) -> bool:
-    return layout.survey_ccds.exists() and layout.survey_ccds_parquet.exists()
+def inputs(layout: ReleaseLayout, images: list[str]) -> list[list[str]]:
+    """What the merge is made from now: each exposure and its zeropoint table's sha256."""
+    return [[image_key(n), file_sha256(layout.zeropoints(n))] for n in sorted(images)]
 
 
-def plan(ctx: Context, stale: bool = False) -> Plan:
-    """``stale``: zeropoints are being (re)made in this run, so the merge must be redone."""
-    return plan_keys(ctx, "ccds", [KEY], lambda k: not stale and is_done(ctx.layout))
+def is_done(layout: ReleaseLayout, images: list[str]) -> bool:
+    return (layout.survey_ccds.is_file() and layout.survey_ccds_parquet.exists()
+            and stamp_ok(layout.stamp(layout.survey_ccds), fingerprint(inputs(layout, images))))
+
+
+def plan(ctx: Context, images: list[str], waiting: bool = False) -> Plan:
+    """``waiting``: zeropoint tables are being made in this run (the task decides)."""
+    return plan_keys(ctx, "ccds", [KEY], lambda k: is_done(ctx.layout, images),
+                     waiting=lambda k: waiting)
 
 
 def spec(ctx: Context, images: list[str]) -> TaskSpec:
     return TaskSpec("ccds", KEY, "lsdask.graphs.ccds:ccds_task",
                     {"layout": ctx.layout, "images": images,
                      "depth_cut": ctx.config.stages.ccds.depth_cut,
-                     "processor": ctx.processor_for("ccds")},
+                     "force": ctx.forced("ccds"), "processor": ctx.processor_for("ccds")},
                     threads=1, log=str(ctx.layout.log("ccds", KEY)), child=ctx.child)
 
 
@@ -57,12 +73,19 @@ def make_kd(layout: ReleaseLayout) -> str:
 
 
 def ccds_task(threads: int, layout: ReleaseLayout, images: list[str],
-              depth_cut: bool = False, processor: ProcessorRef | None = None) -> dict[str, Any]:
+              depth_cut: bool = False, force: bool = False,
+              processor: ProcessorRef | None = None) -> dict[str, Any]:
     """Run in the task process: merge, write FITS + Parquet (+ kd-tree)."""
     from ..survey.ccds import ccds_from_arrow, merge_ccd_files, write_ccds, write_ccds_parquet
 
+    if not force and is_done(layout, images):
+        return {"skipped": True}
+    fp = fingerprint(inputs(layout, images))
     paths = [layout.zeropoints(n) for n in images]
     present = [p for p in paths if p.exists()]
+    if not present:
+        raise InputError(f"{layout.zpt_dir}: none of the {len(paths)} exposures has a zeropoint "
+                         f"table; {layout.survey_ccds.name} left as it was")
     table = merge_ccd_files(present)
     ccds = ccds_from_arrow(table)
     if depth_cut:
@@ -73,6 +96,9 @@ def ccds_task(threads: int, layout: ReleaseLayout, images: list[str],
         kd = processor.call("make_kdtree", layout)
     else:
         kd = make_kd(layout)
+    write_stamp(layout.stamp(layout.survey_ccds), fp,
+                [layout.survey_ccds, *([layout.survey_ccds_parquet]
+                                       if layout.survey_ccds_parquet.is_file() else [])])
     ncut = int((ccds["ccd_cuts"] != 0).sum()) if "ccd_cuts" in ccds.dtype.names else 0
     print(f"survey-ccds: {len(ccds)} CCDs from {len(present)} of {len(paths)} exposures "
           f"({ncut} cut)", flush=True)

@@ -33,7 +33,7 @@ NBINS = 50
 
 def depth_bricks(layout) -> dict[str, Path]:
     """Brick -> depth table path for bricks that have one (scans ``coadd/``)."""
-    root = layout.release_dir / "coadd"
+    root = layout.coadd_root
     out = {}
     if root.is_dir():
         for p in sorted(root.glob("*/*/legacysurvey-*-depth.fits")):
@@ -97,7 +97,7 @@ def run_depth(layout, client=None, bands: list[str] | None = None,
     bands = list(bands or ["g", "r", "z"])
     found = list(depth_bricks(layout).items())
     if not found:
-        raise InputError(f"{layout.release_dir / 'coadd'}: no legacysurvey-*-depth.fits tables")
+        raise InputError(f"{layout.coadd_root}: no legacysurvey-*-depth.fits tables")
     chunks = [found[i:i + bricks_per_task] for i in range(0, len(found), bricks_per_task)]
     tasks = [dask.delayed(_sum_chunk, pure=False)(c, bands) for c in chunks]
     results = client.compute(tasks, sync=True) if client is not None else dask.compute(*tasks)
@@ -110,7 +110,7 @@ def run_depth(layout, client=None, bands: list[str] | None = None,
         errors.update(e)
         edges = ed if ed is not None else edges
     if edges is None:
-        raise InputError(f"{layout.release_dir / 'coadd'}: no readable depth table")
+        raise InputError(f"{layout.coadd_root}: no readable depth table")
     lo, hi = edges
     sdt = [("DEPTHLO", "f4"), ("DEPTHHI", "f4")]
     for b in bands:
@@ -195,3 +195,41 @@ def read_depth_tables(layout):
     frame = {c: d[c].astype(d.dtype[c].newbyteorder("=")) if d.dtype[c].kind not in "SU"
              else d[c] for c in cols}
     return dd.from_pandas(pd.DataFrame(frame), npartitions=1)
+
+
+# -- the stage protocol (see graphs/base.py) -------------------------------------------------
+def stage_inputs(ctx) -> dict:
+    """What the summary is made from now: each brick's depth table (size, mtime) and bands."""
+    tables = {}
+    for b, p in depth_bricks(ctx.layout).items():
+        st = p.stat()
+        tables[b] = [st.st_size, st.st_mtime_ns]
+    return {"tables": tables, "bands": list(ctx.config.bands)}
+
+
+def is_done(ctx, inputs: dict) -> bool:
+    from ..done import fingerprint, stamp_ok
+
+    layout = ctx.layout
+    return stamp_ok(layout.stamp(layout.depth_summary()), fingerprint(inputs))
+
+
+def stage_task(ctx, inputs: dict, client=None) -> dict:
+    from ..done import clean_temps, fingerprint, write_stamp
+
+    layout = ctx.layout
+    clean_temps(layout.release_dir)
+    out = run_depth(layout, client=client, bands=list(ctx.config.bands))
+    write_stamp(layout.stamp(layout.depth_summary()), fingerprint(inputs),
+                [p for p in (layout.depth_summary(), layout.depth_table(), layout.depth_plot())
+                 if p.is_file()])
+    return out
+
+
+def _stage():
+    from .base import WholeStage
+
+    return WholeStage("depth", stage_inputs, is_done, stage_task)
+
+
+STAGE = _stage()

@@ -410,3 +410,50 @@ def match_dataframe(path: str | Path, columns: list[str] | None = None):
     frame = {c: (data[c].astype(data.dtype[c].newbyteorder("="))
                  if data.dtype[c].kind != "U" else data[c]) for c in cols}
     return dd.from_pandas(pd.DataFrame(frame), npartitions=1)
+
+
+# -- the stage protocol (see graphs/base.py) -------------------------------------------------
+def _output(ctx) -> Path:
+    ext = Path(ctx.config.stages.match.external)
+    return ctx.layout.external(ext.name.split(".")[0])
+
+
+def stage_inputs(ctx) -> dict | None:
+    """What the match is made from now (None: no external catalogue configured): the Parquet
+    dataset's bricks and checksums, the external catalogue's sha256, radius and columns."""
+    from ..done import file_sha256
+
+    opts = ctx.config.stages.match
+    if opts.external is None:
+        return None
+    bricks = load_manifest(ctx.layout).get("bricks", {})
+    return {"bricks": {b: e.get("sha256") for b, e in bricks.items()},
+            "external": [str(opts.external), file_sha256(opts.external)],
+            "radius": float(opts.radius), "copy": list(opts.copy)}
+
+
+def is_done(ctx, inputs: dict) -> bool:
+    from ..done import fingerprint, stamp_ok
+
+    return stamp_ok(ctx.layout.stamp(_output(ctx)), fingerprint(inputs))
+
+
+def stage_task(ctx, inputs: dict, client=None) -> dict:
+    from ..done import clean_temps, fingerprint, write_stamp
+
+    opts = ctx.config.stages.match
+    out_path = _output(ctx)
+    clean_temps(out_path.parent)
+    out = run_match(ctx.layout, opts.external, client=client, radius=opts.radius,
+                    copy=opts.copy, output=out_path)
+    write_stamp(ctx.layout.stamp(out_path), fingerprint(inputs), [out_path])
+    return out
+
+
+def _stage():
+    from .base import WholeStage
+
+    return WholeStage("match", stage_inputs, is_done, stage_task, needs=("parquet",))
+
+
+STAGE = _stage()

@@ -47,7 +47,7 @@ WRITE_OPTIONS = {"use_dictionary": False, "write_statistics": ["ra", "dec", "bri
 
 def tractor_bricks(layout) -> dict[str, Path]:
     """Brick name -> tractor path for every ``tractor/<bri>/tractor-<brick>.fits``."""
-    root = layout.release_dir / "tractor"
+    root = layout.tractor_dir
     out = {}
     if not root.is_dir():
         return out
@@ -75,7 +75,7 @@ def tractor_checksum(layout, brick: str) -> str:
 
 
 def load_manifest(layout) -> dict:
-    p = layout.tractor_parquet / MANIFEST
+    p = layout.tractor_parquet_manifest
     if not p.is_file():
         return {"bricks": {}}
     try:
@@ -85,7 +85,7 @@ def load_manifest(layout) -> dict:
 
 
 def _save_manifest(layout, manifest: dict) -> None:
-    write_text_atomic(layout.tractor_parquet / MANIFEST, json.dumps(manifest, indent=0))
+    write_text_atomic(layout.tractor_parquet_manifest, json.dumps(manifest, indent=0))
 
 
 
@@ -197,7 +197,7 @@ def convert_brick(layout, brick: str, checksum: str,
         sub = data if len(uniq) == 1 else data[keys == k]
         table = (raw_to_arrow(sub, logical, header) if got is not None
                  else tractor_to_arrow(sub, header))
-        out = layout.tractor_parquet / f"box={box}" / f"{brick}.parquet"
+        out = layout.tractor_parquet_file(box, brick)
         with atomic_path(out) as tmp:
             pq.write_table(table, tmp, compression=compression, **WRITE_OPTIONS)
         files.append(str(out.relative_to(layout.tractor_parquet)))
@@ -290,3 +290,35 @@ def read_tractor_parquet(layout, columns: list[str] | None = None):
     if not files:
         raise InputError(f"{layout.tractor_parquet}: no tractor Parquet files (run parquet)")
     return dd.read_parquet(files, columns=columns)
+
+
+# -- the stage protocol (see graphs/base.py) -------------------------------------------------
+def stage_inputs(ctx) -> dict[str, str]:
+    """What the dataset is made from now: brick -> its tractor catalogue's sha256."""
+    return {b: tractor_checksum(ctx.layout, b) for b in tractor_bricks(ctx.layout)}
+
+
+def is_done(ctx, inputs: dict[str, str]) -> bool:
+    """The manifest lists exactly these bricks with these checksums, and their files exist."""
+    bricks = load_manifest(ctx.layout).get("bricks", {})
+    if set(bricks) != set(inputs):
+        return False
+    root = ctx.layout.tractor_parquet
+    return all(e.get("sha256") == inputs[b] and all((root / f).is_file() for f in e["files"])
+               for b, e in bricks.items())
+
+
+def stage_task(ctx, inputs: dict[str, str], client=None) -> dict:
+    from ..done import clean_temps
+
+    clean_temps(ctx.layout.tractor_parquet, recursive=True)
+    return run_parquet(ctx.layout, client=client, force=ctx.forced("parquet"))
+
+
+def _stage():
+    from .base import WholeStage
+
+    return WholeStage("parquet", stage_inputs, is_done, stage_task)
+
+
+STAGE = _stage()

@@ -3,6 +3,7 @@ done when the processor's ``<stage>_done`` says so, running the processor's ``ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..processors import ProcessorRef
@@ -12,11 +13,14 @@ from .base import Context, Plan, plan_keys, processor_call
 from .images import image_key
 
 
-def plan(ctx: Context, stage: str, images: list[str]) -> tuple[Plan, dict[str, str]]:
-    """Plan over image filenames; returns the plan (keys = image base names) and key -> file."""
+def plan(ctx: Context, stage: str, images: list[str],
+         blocked_by: Callable[[str], str | None] | None = None
+         ) -> tuple[Plan, dict[str, str]]:
+    """Plan over image filenames; returns the plan (keys = image base names) and key -> file.
+    Done is the processor's ``<stage>_done`` (its product exists and validates)."""
     by_key = {image_key(n): n for n in images}
     p = plan_keys(ctx, stage, by_key, lambda k: processor_call(
-        ctx.processor_for(stage), f"{stage}_done", ctx.layout, by_key[k]))
+        ctx.processor_for(stage), f"{stage}_done", ctx.layout, by_key[k]), blocked_by)
     return p, by_key
 
 
@@ -28,7 +32,7 @@ def spec(ctx: Context, stage: str, key: str, image_filename: str) -> TaskSpec:
                      "image_filename": image_filename, "options": opts,
                      "force": ctx.forced(stage)},
                     threads=1, timeout=opts.timeout, log=str(ctx.layout.log(stage, key)),
-                    child=ctx.child)
+                    child=ctx.child, needs_deps=True)
 
 
 def image_task(threads: int, stage: str, layout: ReleaseLayout,

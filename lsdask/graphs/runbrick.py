@@ -5,8 +5,14 @@ before any zeropoint exists, so each brick task depends only on the zeropoint
 tasks of its own exposures. In the task process the brick reads the zeropoint
 rows of those exposures, keeps the CCDs that overlap it and pass ``ccd_cuts``
 in the release's bands, and calls the processor's ``run_runbrick``. A brick with
-no usable CCD succeeds with ``nccds = 0`` and writes nothing (the brick list,
-once made, leaves it out of later runs).
+no usable CCD succeeds with ``nccds = 0`` and writes only its stamp.
+
+Done (:func:`is_done`): the brick's stamp (``layout.brick_stamp``) records the inputs it was
+made from (its exposures and the sha256 of their zeropoint tables) and they are the inputs
+now; every product file has the size it was made with; the processor's ``runbrick_done``
+accepts the product; the tractor catalogue hashes to what ``brick-<brick>.sha256sum`` says.
+A brick whose exposures failed upstream is blocked, and reruns once they are repaired
+(its inputs changed).
 """
 
 from __future__ import annotations
@@ -15,34 +21,66 @@ import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ..done import (
+    clean_temps,
+    file_sha256,
+    fingerprint,
+    read_stamp,
+    remove_stamp,
+    sha256sum_files,
+    stamp_ok,
+    verify_sha256sum,
+    write_stamp,
+)
 from ..processors import ProcessorRef
 from ..survey.layout import ReleaseLayout
 from ..task import TaskSpec
 from .base import PRIORITY, Context, Plan, plan_keys, processor_call
+from .images import image_key
 
 log = logging.getLogger(__name__)
 
 PRIO = PRIORITY["runbrick"]
 
 
-def read_bricklist(layout: ReleaseLayout) -> list[str] | None:
-    if not layout.bricklist.exists():
-        return None
-    return [ln.split()[0] for ln in layout.bricklist.read_text().splitlines() if ln.strip()]
+def inputs(layout: ReleaseLayout, images: list[str]) -> list[list[str]]:
+    """What a brick is made from now: its exposures and their zeropoint tables' sha256."""
+    return [[image_key(n), file_sha256(layout.zeropoints(n))] for n in sorted(images)]
 
 
-def plan(ctx: Context, brick_images: dict[str, list[str]], use_bricklist: bool = True) -> Plan:
-    bricks = list(brick_images)
-    listed = read_bricklist(ctx.layout) if use_bricklist else None
-    if listed is not None:
-        keep = set(listed)
-        bricks = [b for b in bricks if b in keep]
-    return plan_keys(ctx, "runbrick", bricks, lambda b: processor_call(
-        ctx.processor_for("runbrick"), "runbrick_done", ctx.layout, b))
+def is_done(layout: ReleaseLayout, processor: str | ProcessorRef, brick: str,
+            fp: str) -> bool:
+    """The brick's products exist, validate, and were made from inputs ``fp``."""
+    stamp = layout.brick_stamp(brick)
+    if not stamp_ok(stamp, fp):
+        return False
+    if (read_stamp(stamp) or {}).get("empty"):
+        return True
+    if not processor_call(processor, "runbrick_done", layout, brick):
+        return False
+    sums = layout.sha256sum(brick)
+    if sums.is_file():
+        bad = verify_sha256sum(sums, layout.release_dir, full=[layout.tractor(brick).name])
+        if bad:
+            log.warning("%s", bad)
+            return False
+    return True
+
+
+def plan(ctx: Context, brick_images: dict[str, list[str]],
+         blocked_by: Callable[[str], str | None] | None = None,
+         waiting: Callable[[str], bool] | None = None) -> Plan:
+    """Bricks touched by the images; ``blocked_by(brick)``: which failed input it waits for;
+    ``waiting(brick)``: its zeropoints are being made in this run."""
+    return plan_keys(ctx, "runbrick", list(brick_images), lambda b: is_done(
+        ctx.layout, ctx.processor_for("runbrick"), b,
+        fingerprint(inputs(ctx.layout, brick_images[b]))),
+        blocked_by, waiting)
 
 
 def threads_for(ctx: Context) -> int:
@@ -64,7 +102,8 @@ def spec(ctx: Context, brick: str, images: list[str]) -> TaskSpec:
                      "release": ctx.config.release.release, "config_hash": ctx.config.hash(),
                      "force": ctx.forced("runbrick")},
                     threads=threads_for(ctx), memory_limit=mem, timeout=opts.timeout,
-                    log=str(ctx.layout.log("runbrick", brick)), child=ctx.child)
+                    log=str(ctx.layout.log("runbrick", brick)), child=ctx.child,
+                    needs_deps=True)
 
 
 def brick_ccds(layout: ReleaseLayout, brickname: str, images: list[str], bands: list[str],
@@ -107,9 +146,12 @@ def brick_lock(layout: ReleaseLayout, brickname: str):
     """``flock`` on a lock file next to the brick's checkpoint (released if we die)."""
     import fcntl
 
-    ckpt = layout.checkpoint(brickname)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(ckpt.with_name(f".{brickname}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    from ..task import PRIVATE_FDS
+
+    path = layout.brick_lock(brickname)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    PRIVATE_FDS.add(fd)  # processes the task forks do not keep the lock
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -118,20 +160,31 @@ def brick_lock(layout: ReleaseLayout, brickname: str):
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
+        PRIVATE_FDS.discard(fd)
         os.close(fd)
 
 
 def _runbrick(layout, processor, brickname, images, bands, options, release, config_hash,
               threads, force) -> dict[str, Any]:
-    if not force and processor_call(processor, "runbrick_done", layout, brickname):
+    fp = fingerprint(inputs(layout, images))
+    if not force and is_done(layout, processor, brickname, fp):
         return {"skipped": True, "brickname": brickname}
+    stamp = layout.brick_stamp(brickname)
+    remove_stamp(stamp)
+    clean_temps(layout.coadd_dir(brickname))  # a killed attempt's temporaries (ours alone)
     ccds = brick_ccds(layout, brickname, images, bands, int(options.width),
                       float(options.pixscale))
     if not len(ccds):
         print(f"{brickname}: no usable CCDs; nothing to do", flush=True)
+        write_stamp(stamp, fp, empty=True)
         return {"brickname": brickname, "nccds": 0, "nsources": 0, "empty": True}
     print(f"{brickname}: {len(ccds)} CCDs from {len(images)} exposures, {threads} threads",
           flush=True)
     options = dataclasses.replace(options, threads=threads)
-    return processor_call(processor, "run_runbrick", layout, brickname, ccds, bands, options,
-                          release, config_hash)
+    out = processor_call(processor, "run_runbrick", layout, brickname, ccds, bands, options,
+                         release, config_hash)
+    sums = layout.sha256sum(brickname)
+    files = (sha256sum_files(sums, layout.release_dir) if sums.is_file()
+             else [layout.tractor(brickname)])
+    write_stamp(stamp, fp, [*files, *([sums] if sums.is_file() else [])])
+    return out

@@ -6,21 +6,23 @@ after the last zeropoint task it depends on, then the survey-ccds merge (after
 every zeropoint task) and the brick list (after the merge). Dependencies are
 only on tasks of this run (done upstream products need no waiting).
 
-``run_post`` runs a whole-release stage (parquet, sweeps, match, depth) from the
-driver; those modules are imported lazily, so a missing one only disables itself.
+Whole-release stages (parquet, sweeps, match, depth) each define a
+:class:`~lsdask.graphs.base.WholeStage` (``STAGE`` in their module, :func:`whole_stage`),
+run from the driver by :meth:`lsdask.release.Release.run`; their modules are imported
+lazily, so a missing one only disables itself.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import ConfigError, InputError, UsageError
 from ..runner import Task
 from . import bricks as bricks_stage
 from . import calibs as calibs_stage
@@ -28,7 +30,7 @@ from . import ccds as ccds_stage
 from . import images as images_stage
 from . import runbrick as runbrick_stage
 from . import zeropoints as zeropoints_stage
-from .base import POST_STAGES, STAGES, Context, Plan
+from .base import POST_STAGES, STAGES, Context, Plan, WholeStage, processor_call
 
 log = logging.getLogger(__name__)
 
@@ -70,27 +72,43 @@ class Build:
 
 
 def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
-    """Plan the requested task stages and wire their tasks."""
+    """Plan the requested per-key stages and wire their tasks.
+
+    A key whose inputs are being made by a task of this run is planned as a task that
+    depends on it; the task decides whether it is done once those inputs exist. A key whose
+    inputs failed (earlier, and not being retried) is blocked.
+    """
     out = Build()
     cfg = ctx.config
+    if not ctx.layout.survey_dir.is_dir():
+        raise ConfigError(f"{cfg.path}: key 'release.survey_dir': {ctx.layout.survey_dir} is "
+                          f"not a directory (wrong, or not mounted?); nothing was changed")
     table = images_stage.run_images(cfg, client=client)
+    if not len(table):
+        raise InputError(f"{ctx.layout.images_dir}: no {'/'.join(cfg.release.cameras)} images "
+                         f"found (is survey_dir right, and mounted?); nothing was changed")
     out.table = table
     images, brick_images = images_stage.images_in_region(table, cfg.region_box())
     out.images, out.brick_images = images, brick_images
     by_key = {images_stage.image_key(n): n for n in images}
     order = {images_stage.image_key(n): i for i, n in enumerate(images)}
 
+    def failed_in(plan: Plan | None, what: str) -> Callable[[str], str | None]:
+        bad = set(plan.failed) | set(plan.blocked) if plan is not None else set()
+        return lambda k: f"{what} {k} failed" if k in bad else None
+
     calib_tasks: dict[str, Task] = {}
     zpt_tasks: dict[str, Task] = {}
+    calib_plan = zpt_plan = None
     if "calibs" in stages:
-        plan, _ = calibs_stage.plan(ctx, images)
-        out.plans["calibs"] = plan
-        for k in plan.todo:
+        calib_plan, _ = calibs_stage.plan(ctx, images)
+        out.plans["calibs"] = calib_plan
+        for k in calib_plan.todo:
             calib_tasks[k] = Task(calibs_stage.spec(ctx, k, by_key[k]), priority=calibs_stage.PRIO)
     if "zeropoints" in stages:
-        plan, _ = zeropoints_stage.plan(ctx, images)
-        out.plans["zeropoints"] = plan
-        for k in plan.todo:
+        zpt_plan, _ = zeropoints_stage.plan(ctx, images, failed_in(calib_plan, "calibs"))
+        out.plans["zeropoints"] = zpt_plan
+        for k in zpt_plan.todo:
             dep = [calib_tasks[k]] if k in calib_tasks else []
             zpt_tasks[k] = Task(zeropoints_stage.spec(ctx, k, by_key[k]), deps=dep,
                                 priority=zeropoints_stage.PRIO)
@@ -99,15 +117,36 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
         ctx.processor_for("runbrick").has("RUNBRICK_NEEDS_SURVEY_CCDS"))
     ccds_task = None
     if "ccds" in stages:
-        plan = ccds_stage.plan(ctx, stale=bool(zpt_tasks))
+        plan = ccds_stage.plan(ctx, images, waiting=bool(zpt_tasks))
         out.plans["ccds"] = plan
         if plan.todo:
             ccds_task = Task(ccds_stage.spec(ctx, images), deps=list(zpt_tasks.values()),
                              priority=ccds_stage.PRIO)
     brick_tasks: dict[int, list[Task]] = {}
     if "runbrick" in stages:
-        rerun_list = "bricks" in stages and bool(zpt_tasks)
-        plan = runbrick_stage.plan(ctx, brick_images, use_bricklist=not rerun_list)
+        zpt_failed = failed_in(zpt_plan, "zeropoints")
+        have_zpt: dict[str, bool] = {}
+
+        def zpt_ready(n: str) -> bool:
+            if n not in have_zpt:
+                have_zpt[n] = bool(processor_call(ctx.processor_for("zeropoints"),
+                                                  "zeropoints_done", ctx.layout, n))
+            return have_zpt[n]
+
+        def blocked_by(b: str) -> str | None:
+            for n in brick_images[b]:
+                k = images_stage.image_key(n)
+                if k in zpt_tasks:
+                    continue
+                why = zpt_failed(k)
+                if why or not zpt_ready(n):
+                    return why or f"zeropoints {k} missing"
+            return None
+
+        plan = runbrick_stage.plan(
+            ctx, brick_images, blocked_by,
+            waiting=lambda b: any(images_stage.image_key(n) in zpt_tasks
+                                  for n in brick_images[b]))
         out.plans["runbrick"] = plan
         opts = cfg.stages.runbrick
         for b in plan.todo:
@@ -133,7 +172,7 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
         tasks.append(ccds_task)
         tasks.extend(brick_tasks.get(len(images), []))
     if "bricks" in stages:
-        plan = bricks_stage.plan(ctx, stale=ccds_task is not None)
+        plan = bricks_stage.plan(ctx, waiting=ccds_task is not None)
         out.plans["bricks"] = plan
         if plan.todo:
             tasks.append(Task(bricks_stage.spec(ctx), deps=[ccds_task] if ccds_task else [],
@@ -142,8 +181,8 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
     return out
 
 
-def post_function(stage: str):
-    """The whole-release function of a post stage, or None when its module is missing."""
+def whole_stage(stage: str) -> WholeStage | None:
+    """The :class:`WholeStage` of a whole-release stage, or None when its module is missing."""
     if stage not in POST_STAGES:
         raise UsageError(f"{stage!r} is not a whole-release stage ({', '.join(POST_STAGES)})")
     try:
@@ -151,33 +190,7 @@ def post_function(stage: str):
     except ImportError as e:
         log.warning("stage %s unavailable: %s", stage, e)
         return None
-    for name in (f"run_{stage}", "run"):
-        fn = getattr(mod, name, None)
-        if callable(fn):
-            return fn
-    return None
-
-
-def run_post(ctx: Context, stage: str, client=None) -> dict[str, Any] | None:
-    """Run a whole-release stage from the driver; None when unavailable or not configured."""
-    fn = post_function(stage)
-    if fn is None:
-        return None
-    layout = ctx.layout
-    force = ctx.forced(stage)
-    if stage == "parquet":
-        return fn(layout, client=client, force=force)
-    if stage == "sweeps":
-        return fn(layout, client=client, force=force)
-    if stage == "depth":
-        return fn(layout, client=client, bands=list(ctx.config.bands))
-    if stage == "match":
-        opts = ctx.config.stages.match
-        if opts.external is None:
-            log.info("match: no external catalogue configured ([stages.match] external)")
-            return None
-        return fn(layout, opts.external, client=client, radius=opts.radius, copy=opts.copy)
-    return None
+    return getattr(mod, "STAGE", None)
 
 
 def brick_count(brick_images: dict[str, list[str]]) -> int:

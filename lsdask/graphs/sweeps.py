@@ -92,7 +92,7 @@ def make_box(layout, box: str, files: list[Path], parquet: bool = True) -> dict:
     sweep in row groups of about :data:`ROW_GROUP` rows."""
     ramin, ramax, decmin, decmax = parse_box(box)
     outs = {k: layout.sweep(box, k) for k in SWEEP_KINDS}
-    pq_out = layout.sweeps_parquet / f"sweep-{box}.parquet"
+    pq_out = layout.sweep_parquet(box)
     tmps = {k: temp_name(p) for k, p in outs.items()}
     pq_tmp = temp_name(pq_out)
     writers: dict[str, FitsTableWriter] = {}
@@ -222,7 +222,7 @@ def run_sweeps(layout, client=None, force: bool = False, parquet: bool = True,
     for box, files in parts.items():
         names = [p.stem for p in files]
         sig[box] = [[n, manifest["bricks"][n]["sha256"]] for n in names]
-    mpath = layout.sweeps_parquet / SWEEPS_MANIFEST
+    mpath = layout.sweeps_manifest
     old = {}
     if mpath.is_file() and not force:
         with contextlib.suppress(ValueError):
@@ -263,3 +263,42 @@ def read_sweep_table(path: str | Path) -> pa.Table:
     """One sweep Parquet file as an Arrow table."""
     return pq.read_table(path)
 
+
+
+# -- the stage protocol (see graphs/base.py) -------------------------------------------------
+def stage_inputs(ctx) -> dict:
+    """What the sweeps are made from now: per box, its bricks and their tractor checksums."""
+    manifest = load_manifest(ctx.layout)
+    return {box: [[p.stem, manifest["bricks"][p.stem]["sha256"]] for p in files]
+            for box, files in partition_files(ctx.layout, manifest).items()}
+
+
+def is_done(ctx, inputs: dict) -> bool:
+    """The stamp beside the sweeps manifest records these inputs, and every sweep file
+    written then is there with its size (a deleted or truncated sweep is redone)."""
+    from ..done import fingerprint, stamp_ok
+
+    layout = ctx.layout
+    return stamp_ok(layout.stamp(layout.sweeps_manifest), fingerprint(inputs))
+
+
+def stage_task(ctx, inputs: dict, client=None) -> dict:
+    from ..done import clean_temps, fingerprint, write_stamp
+
+    layout = ctx.layout
+    clean_temps(layout.sweeps_dir, layout.sweeps_parquet)
+    out = run_sweeps(layout, client=client, force=ctx.forced("sweeps"))
+    now = stage_inputs(ctx)  # after the conversion run_sweeps starts with
+    files = [p for box in now for p in (*(layout.sweep(box, k) for k in SWEEP_KINDS),
+                                         layout.sweep_parquet(box)) if p.is_file()]
+    write_stamp(layout.stamp(layout.sweeps_manifest), fingerprint(now), files)
+    return out
+
+
+def _stage():
+    from .base import WholeStage
+
+    return WholeStage("sweeps", stage_inputs, is_done, stage_task, needs=("parquet",))
+
+
+STAGE = _stage()

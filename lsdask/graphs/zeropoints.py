@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..task import TaskSpec
 from . import perimage
 from .base import PRIORITY, Context, Plan
@@ -10,8 +12,10 @@ STAGE = "zeropoints"
 PRIO = PRIORITY[STAGE]
 
 
-def plan(ctx: Context, images: list[str]) -> tuple[Plan, dict[str, str]]:
-    return perimage.plan(ctx, STAGE, images)
+def plan(ctx: Context, images: list[str],
+         blocked_by: Callable[[str], str | None] | None = None
+         ) -> tuple[Plan, dict[str, str]]:
+    return perimage.plan(ctx, STAGE, images, blocked_by)
 
 
 def spec(ctx: Context, key: str, image_filename: str) -> TaskSpec:

@@ -18,6 +18,17 @@ Interface (module-level functions of ``lsdask.processors.<name>``)::
     run_runbrick(layout, brickname, ccds: numpy structured array of survey-ccds rows,
                  bands, options: RunbrickOptions, release: int, config_hash: str) -> dict
 
+"Done" (the stage protocol, :mod:`lsdask.graphs.base`): ``<stage>_done`` says whether the
+processor's product *exists and validates* (a catalogue that opens and names its brick, a
+calibration file that reads), cheaply: it is called at every plan. Whether it was made from
+the inputs there now is the stage's part, not the processor's: for runbrick the stage keeps
+an input stamp beside the product (``layout.brick_stamp``: exposures and zeropoint-table
+checksums, product sizes) and checks the tractor file against ``brick-<brick>.sha256sum``,
+which ``run_runbrick`` must write (``<sha256>  <path relative to the release dir>`` per
+product). A new processor implements ``*_done`` this way and writes every product
+atomically (temporary name, then rename); processes it forks die with the task and do not
+keep its brick lock (:data:`lsdask.task.PRIVATE_FDS`).
+
 Failures raise: ``lsdask.errors.InputError`` for bad inputs (corrupt or
 missing files: never retried), :class:`BrickMemoryError` when the memory
 estimate exceeds the limit (retried with fewer threads), anything else is a

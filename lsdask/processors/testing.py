@@ -16,6 +16,8 @@ Slurm jobs started after they are set):
 - ``LSDASK_TESTING_MEMORY``: ``brick=MiB``: the brick allocates and touches
   ``MiB * threads`` MiB (so a memory limit kills it until threads are few enough).
 - ``LSDASK_TESTING_DIE``: keys whose task process kills itself with SIGKILL.
+- ``LSDASK_TESTING_FORK``: bricks whose runbrick forks a helper process (as a processor's
+  worker pool does) that sleeps for a minute and writes its pid to ``<checkpoint>.child``.
 
 :func:`make_survey` writes a tiny CP-format survey (multi-extension ``ooi``
 files with real TAN headers) for these tests.
@@ -154,7 +156,14 @@ def run_zeropoints(layout: ReleaseLayout, image_filename: str, options: Any) -> 
 # -- runbrick ---------------------------------------------------------------------------------
 
 def runbrick_done(layout: ReleaseLayout, brickname: str) -> bool:
-    return layout.tractor(brickname).exists()
+    """The catalogue opens and names its brick (a truncated file does not)."""
+    import fitsio
+
+    try:
+        hdr = fitsio.read_header(str(layout.tractor(brickname)), ext=1)
+    except (OSError, ValueError):
+        return False
+    return str(hdr.get("BRICKNAM", "")).strip() == brickname
 
 
 def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands: list[str],
@@ -169,6 +178,17 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands:
         k, _, v = item.partition("=")
         mem[k] = float(v)
     ckpt = layout.checkpoint(brickname)
+    if brickname in _keys("LSDASK_TESTING_FORK"):
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        pid = os.fork()
+        if pid == 0:  # the helper: sleeps (a real pool would work) until killed
+            try:
+                from ..atomic import write_text_atomic
+
+                write_text_atomic(f"{ckpt}.child", str(os.getpid()))
+                time.sleep(60)
+            finally:
+                os._exit(0)
     resumed = ckpt.exists()
     if resumed:
         with open(ckpt, "rb") as f:
@@ -194,8 +214,12 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands:
     if len(ccds):
         cat["ra"], cat["dec"], cat["expnum"] = ccds["ra"], ccds["dec"], ccds["expnum"]
     hdr = {"BRICKNAM": brickname, "LSDASKCF": config_hash, "THREADS": threads}
+    from ..atomic import sha256_file, write_text_atomic
+
     with atomic_path(layout.tractor(brickname)) as tmp:
         fitsio.write(str(tmp), cat, header=hdr, extname="CATALOG", clobber=True)
+        rel = layout.tractor(brickname).relative_to(layout.release_dir)
+        write_text_atomic(layout.sha256sum(brickname), f"{sha256_file(tmp)}  {rel}\n")
     if not getattr(options, "keep_checkpoints", False):
         ckpt.unlink(missing_ok=True)
     _completed("runbrick", brickname)
@@ -269,9 +293,10 @@ def write_config(directory: str | os.PathLike, region: tuple[float, float, float
 
 # -- helpers for fault tests -------------------------------------------------------------------
 
-def task_processes(prefix: str = "runbrick-") -> list:
+def task_processes(prefix: str = "runbrick-", env: dict[str, str] | None = None) -> list:
     """Live task child processes (``python -m lsdask.task``) whose task key starts with
-    ``prefix`` (their environment names the task: ``LSDASK_TASK_KEY``)."""
+    ``prefix`` (their environment names the task: ``LSDASK_TASK_KEY``) and whose environment
+    has ``env`` (e.g. the test's completions file: other releases may run meanwhile)."""
     import psutil
 
     out = []
@@ -279,7 +304,9 @@ def task_processes(prefix: str = "runbrick-") -> list:
         try:
             if "lsdask.task" not in " ".join(p.info["cmdline"] or []):
                 continue
-            if p.environ().get("LSDASK_TASK_KEY", "").startswith(prefix):
+            environ = p.environ()
+            if environ.get("LSDASK_TASK_KEY", "").startswith(prefix) and all(
+                    environ.get(k) == v for k, v in (env or {}).items()):
                 out.append(p)
         except psutil.Error:
             continue

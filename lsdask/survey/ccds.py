@@ -205,6 +205,10 @@ def read_ccds_parquet(path: str | os.PathLike) -> np.ndarray:
     return ccds_from_arrow(pq.read_table(path))
 
 
+#: Columns every per-exposure zeropoint table must have.
+REQUIRED_ZPT_COLUMNS = ("image_filename", "ccdname", "ccdzpt")
+
+
 def merge_ccd_files(paths: Sequence[str | os.PathLike]) -> pa.Table:
     """Merge many per-exposure survey-ccds tables into one Arrow table, in file order.
 
@@ -216,7 +220,17 @@ def merge_ccd_files(paths: Sequence[str | os.PathLike]) -> pa.Table:
 
     runs: list[list[np.ndarray]] = []
     for p in paths:
-        data = read_table_fast(p)
+        try:
+            data = read_table_fast(p)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - garbage bytes: name the file
+            raise InputError(f"{p}: not a readable zeropoint table ({type(e).__name__}: {e})"
+                             ) from None
+        names = {n.lower() for n in (data.dtype.names or ())}
+        missing = [c for c in REQUIRED_ZPT_COLUMNS if c not in names]
+        if missing:
+            raise InputError(f"{p}: zeropoint table lacks column(s) {', '.join(missing)}")
         if runs and runs[-1][0].dtype == data.dtype:
             runs[-1].append(data)
         else:

@@ -114,6 +114,10 @@ class ReleaseLayout:
         """External catalogues to match against (inputs)."""
         return self.survey_dir / "external"
 
+    def external_input(self, filename: str) -> Path:
+        """An external catalogue (input) by file name."""
+        return self.external_inputs_dir / filename
+
     @property
     def truth(self) -> Path:
         """Truth catalogue of a simulated survey."""
@@ -129,14 +133,30 @@ class ReleaseLayout:
     def bricklist(self) -> Path:
         return self.release_dir / "bricks.txt"
 
+    @property
+    def tractor_dir(self) -> Path:
+        return self.release_dir / "tractor"
+
     def tractor(self, brick: str) -> Path:
-        return self.release_dir / "tractor" / brick[:3] / f"tractor-{brick}.fits"
+        return self.tractor_dir / brick[:3] / f"tractor-{brick}.fits"
+
+    def brick_stamp(self, brick: str) -> Path:
+        """What the brick was made from (its input fingerprint) and its product sizes."""
+        return self.tractor_dir / brick[:3] / f"brick-{brick}.inputs.json"
+
+    def brick_lock(self, brick: str) -> Path:
+        """``flock`` file held by the task running the brick."""
+        return self.checkpoints_dir / brick[:3] / f".{brick}.lock"
 
     def sha256sum(self, brick: str) -> Path:
         return self.release_dir / "tractor" / brick[:3] / f"brick-{brick}.sha256sum"
 
+    @property
+    def coadd_root(self) -> Path:
+        return self.release_dir / "coadd"
+
     def coadd_dir(self, brick: str) -> Path:
-        return self.release_dir / "coadd" / brick[:3] / brick
+        return self.coadd_root / brick[:3] / brick
 
     def coadd(self, brick: str, kind: str, band: str | None = None) -> Path:
         """``legacysurvey-<brick>-<kind>-<band>.fits.fz`` for per-band kinds (see
@@ -171,9 +191,23 @@ class ReleaseLayout:
     def log(self, stage: str, key: str) -> Path:
         """Per-task log: ``logs/<bri>/<brick>.log`` (runbrick), else ``logs/<stage>/<key>.log``."""
         if stage == "runbrick":
-            return self.release_dir / "logs" / key[:3] / f"{key}.log"
+            return self.logs_dir / key[:3] / f"{key}.log"
         safe = key.replace("/", "_")
-        return self.release_dir / "logs" / stage / f"{safe}.log"
+        return self.logs_dir / stage / f"{safe}.log"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.release_dir / "logs"
+
+    @property
+    def dask_logs_dir(self) -> Path:
+        """Batch-job logs of the Dask workers."""
+        return self.logs_dir / "dask-jobs"
+
+    @staticmethod
+    def stamp(product: Path) -> Path:
+        """The input-fingerprint stamp kept beside a product: ``<product>.inputs.json``."""
+        return product.with_name(f"{product.name}.inputs.json")
 
     # -- release dir: whole-release products --------------------------------
     @property
@@ -188,6 +222,15 @@ class ReleaseLayout:
     def tractor_parquet(self) -> Path:
         """Tractor catalogues as one Parquet dataset partitioned by sweep box."""
         return self.parquet_dir / "tractor"
+
+    def tractor_parquet_file(self, box: str, brick: str) -> Path:
+        """One brick's rows of one sweep box: ``parquet/tractor/box=<box>/<brick>.parquet``."""
+        return self.tractor_parquet / f"box={box}" / f"{brick}.parquet"
+
+    @property
+    def tractor_parquet_manifest(self) -> Path:
+        """Which bricks (tractor checksums) the tractor Parquet dataset was made from."""
+        return self.tractor_parquet / "_manifest.json"
 
     @property
     def survey_ccds_parquet(self) -> Path:
@@ -205,6 +248,14 @@ class ReleaseLayout:
     @property
     def sweeps_parquet(self) -> Path:
         return self.parquet_dir / "sweeps"
+
+    def sweep_parquet(self, box: str) -> Path:
+        return self.sweeps_parquet / f"sweep-{box}.parquet"
+
+    @property
+    def sweeps_manifest(self) -> Path:
+        """Which Parquet inputs (brick checksums per box) the sweeps were made from."""
+        return self.sweeps_parquet / "_manifest.json"
 
     @property
     def external_dir(self) -> Path:
@@ -226,3 +277,11 @@ class ReleaseLayout:
     @property
     def report_dir(self) -> Path:
         return self.release_dir / "report"
+
+    def performance_report(self, run_id: int) -> Path:
+        return self.report_dir / f"dask-performance-run{run_id}.html"
+
+    def calib_single(self, image_filename: str, ccdname: str, kind: str) -> Path:
+        """Per-CCD calibration of ``kind`` 'psfex' or 'splinesky' (legacypipe layout)."""
+        f = self.psfex_single if kind == "psfex" else self.splinesky_single
+        return f(image_filename, ccdname)

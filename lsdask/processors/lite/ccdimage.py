@@ -22,7 +22,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...survey.camera import companion
-from ...survey.layout import ReleaseLayout, image_basename, image_dir
+from ...survey.layout import ReleaseLayout
 from ...survey.psfex import read_psfex
 from ...survey.splinesky import read_splinesky
 from ...survey.wcs import TanWCS
@@ -44,10 +44,7 @@ def calib_path(layout: ReleaseLayout, image_filename: str, ccdname: str, kind: s
     merged = layout.psfex(image_filename) if kind == "psfex" else layout.splinesky(image_filename)
     if merged.is_file():
         return merged
-    sub = "psfex-single" if kind == "psfex" else "sky-single"
-    base = image_basename(image_filename)
-    single = (layout.calib_dir / sub / image_dir(image_filename) / base
-              / f"{base}-{ccdname}-{kind}.fits")
+    single = layout.calib_single(image_filename, ccdname, kind)
     if single.is_file():
         return single
     raise InputError(f"{merged}: {kind} calibration missing (also looked for {single})")

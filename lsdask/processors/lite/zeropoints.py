@@ -323,6 +323,8 @@ def run_zeropoints(layout, image_filename: str, options=None) -> dict[str, Any]:
             except ValueError as e:
                 cuts |= CCD_CUTS["err_legacyzpts"]
                 errors.append((ccd.ccdname, str(e)[:200]))
+                print(f"{image_filename} CCD {ccd.ccdname}: cut (err_legacyzpts): {e}",
+                      flush=True)  # in the task's log
                 for k in ("ccdzpt", "ccdphrms", "ccdraoff", "ccddecoff", "ccdrarms", "ccddecrms",
                           "fwhm", "sig1", "skyrms", "ccdskycounts"):
                     row[k] = np.nan
