@@ -9,7 +9,7 @@
     survey-bricks.fits.gz
 
 One tile-compressed HDU per CCD (EXTNAME = CCD name); headers carry EXPNUM,
-MJD-OBS, DATE-OBS, EXPTIME, FILTER, AIRMASS, GAIN, PLVER, PROCDATE, PLPROCID,
+MJD-OBS, DATE-OBS, EXPTIME, FILTER, AIRMASS, GAIN, PLVER, PROCDATE, PLPROCID, WCSCAL,
 OBJECT, PROPID, CCDNAME and a TAN WCS per CCD placed on the camera's focal plane
 (:mod:`lsdask.survey.camera`). Pixels are in ADU (counts): sky, stars and
 galaxies (round/elliptical exponential and de Vaucouleurs, convolved with the
@@ -392,6 +392,8 @@ def _headers(e: _Exposure, cam: Camera, cfg: SimConfig, fname: str) -> dict:
         "AIRMASS": round(e.airmass, 4), "GAIN": cam.gain, "PLVER": cfg.plver,
         "PROCDATE": proc.strftime("%Y-%m-%dT%H:%M:%S"), "PLPROCID": plprocid,
         "DTNSANAM": Path(fname).name, "SIMULATD": (True, "lsdask simulated exposure"),
+        # the CP's astrometric-calibration flag, which legacypipe's DECam reader requires
+        "WCSCAL": "Successful",
     }
 
 
