@@ -582,6 +582,12 @@ class FitsTableWriter:
             self._fh.write(memoryview(buf.view(np.uint8)))
         self.nrows += len(buf)
 
+    def append_copied(self, copy, nrows: int) -> None:
+        """Append ``nrows`` rows already in the file's byte layout that ``copy(fh)`` writes
+        at the end of the open file (e.g. copied from another file by the kernel)."""
+        copy(self._fh)
+        self.nrows += nrows
+
     def append(self, rows) -> None:
         """Append rows: a structured array or a dict of column arrays (any byte order,
         names as the table's)."""
