@@ -81,6 +81,8 @@ def _row_bytes() -> tuple[int, ...]:
 def _clean_text(b: np.ndarray) -> None:
     """In place, on a (rows, width) byte block: trailing blanks and NULs -> NULs."""
     w = b.shape[1]
+    if not np.any((b == 32) | ((b >= 9) & (b <= 13))):
+        return  # only NULs can trail: nothing to change
     keep = _kept(b)
     lens = np.where(keep.any(axis=1), w - np.argmax(keep[:, ::-1], axis=1), 0)
     b[np.arange(w) >= lens[:, None]] = 0
@@ -89,8 +91,12 @@ def _clean_text(b: np.ndarray) -> None:
 def share_rows_from_raw(raw: np.ndarray, sel: np.ndarray | None) -> np.ndarray:
     """DR9-layout raw FITS rows (:func:`lsdask.survey.tractor.is_tractor_layout`), rows
     ``sel`` (None: all) -> the share's row bytes (main, then -lc, then -ex)."""
-    u8 = raw.view(np.uint8).reshape(len(raw), raw.dtype.itemsize)
-    sub = u8 if sel is None else u8[sel]
+    width = raw.dtype.itemsize
+    if sel is None:
+        sub = raw.view(np.uint8).reshape(len(raw), width)
+    else:  # one gather of whole rows as opaque bytes
+        sub = np.take(raw.view(np.dtype((np.void, width))), sel).view(np.uint8).reshape(
+            len(sel), width)
     n = len(sub)
     sizes = _row_bytes()
     out = np.empty(n * sum(sizes), dtype=np.uint8)
