@@ -133,3 +133,25 @@ def test_release_converted_before_gets_its_shares(tmp_path):
     p = run_parquet(layout)
     assert p["converted"] == 3
     assert sum(len(v) for v in share_files(layout).values()) >= 3
+
+
+def test_parquet_sweep_row_groups_as_before(releases, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import lsdask.graphs.sweeps as new
+    import lsdask.testing.sweeps_before as old
+
+    a, _, _ = releases
+    monkeypatch.setattr(new, "ROW_GROUP", 500)
+    monkeypatch.setattr(old, "ROW_GROUP", 500)
+    layouts = []
+    for name in ("old", "new"):
+        lay = ReleaseLayout(tmp_path / name, tmp_path / name, name="t")
+        shutil.copytree(a.release_dir / "tractor", lay.release_dir / "tractor")
+        layouts.append(lay)
+    run_before(layouts[0])
+    run_sweeps(layouts[1])
+    groups = [pq.read_metadata(f).num_row_groups
+              for f in sorted(layouts[1].sweeps_parquet.glob("sweep-*.parquet"))]
+    assert len(groups) == 4 and max(groups) > 1
+    _assert_same_products(layouts[0].release_dir, layouts[1].release_dir)

@@ -21,6 +21,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,7 +35,7 @@ from ..survey.sweeps import (
 )
 from ..survey.tractor import FitsTableWriter
 from .parquet import load_manifest, raw_to_arrow, run_parquet
-from .tractorpass import Share, copy_kind_rows
+from .tractorpass import Share, copy_kind_rows, kind_raw_dtype
 
 SWEEPS_MANIFEST = "_manifest.json"
 #: Per-brick header keys that are not provenance.
@@ -86,16 +87,16 @@ def make_box(layout, box: str, shares: list[Path], parquet: bool = True) -> dict
                         w.append_copied(functools.partial(copy_kind_rows, s, kind), s.nrows)
                     w.close()
             if parquet:
-                pending: list[pa.Table] = []
-                npending = 0
+                group: list[Share] = []
+                ngroup = 0
                 for s in full:
-                    pending.append(_main_table(s))
-                    npending += s.nrows
-                    if npending >= ROW_GROUP:
-                        writer = _write_pending(writer, pending, pq_tmp, box)
-                        pending, npending = [], 0
-                if pending:
-                    writer = _write_pending(writer, pending, pq_tmp, box)
+                    group.append(s)
+                    ngroup += s.nrows
+                    if ngroup >= ROW_GROUP:
+                        writer = _write_pending(writer, _main_tables(group), pq_tmp, box)
+                        group, ngroup = [], 0
+                if group:
+                    writer = _write_pending(writer, _main_tables(group), pq_tmp, box)
                 writer.close()
                 pq_tmp.replace(pq_out)
             for kind in SWEEP_KINDS:
@@ -114,13 +115,23 @@ def make_box(layout, box: str, shares: list[Path], parquet: bool = True) -> dict
     return {"box": box, "rows": sum(s.nrows for s in full), "bricks": len(full)}
 
 
-def _main_table(share: Share) -> pa.Table:
-    """A share's main rows as the Parquet sweep's Arrow table: upper-case names, list
-    items named ``element`` (as when read back from the tractor Parquet)."""
+def _main_tables(shares: list[Share]) -> list[pa.Table]:
+    """The shares' main rows as the Parquet sweep's Arrow tables, one a share (converted
+    at once, then sliced): upper-case names, list items named ``element`` (as when read
+    back from the tractor Parquet)."""
     dt = sweep_dtype("")
-    logical = [n for n in dt.names if dt[n].base.kind == "b"]
-    table = raw_to_arrow(share.read_rows(""), logical)
-    return pa.Table.from_arrays(table.columns, schema=_main_schema(table.schema))
+    rows = np.empty(sum(s.nrows for s in shares), dtype=kind_raw_dtype(""))
+    pos = 0
+    for s in shares:
+        s.read_rows("", out=rows[pos:pos + s.nrows])
+        pos += s.nrows
+    table = raw_to_arrow(rows, [n for n in dt.names if dt[n].base.kind == "b"])
+    table = pa.Table.from_arrays(table.columns, schema=_main_schema(table.schema))
+    out, pos = [], 0
+    for s in shares:
+        out.append(table.slice(pos, s.nrows))
+        pos += s.nrows
+    return out
 
 
 @functools.lru_cache(maxsize=4)

@@ -206,13 +206,16 @@ class Share:
         if self.path.stat().st_size != start:
             raise InputError(f"{self.path}: truncated sweep share")
 
-    def read_rows(self, kind: str) -> np.ndarray:
-        """The share's rows of ``kind`` (raw FITS layout, :func:`kind_raw_dtype`)."""
-        dt = kind_raw_dtype(kind)
-        out = np.empty(self.nrows, dtype=dt)
+    def read_rows(self, kind: str, out: np.ndarray | None = None) -> np.ndarray:
+        """The share's rows of ``kind`` (raw FITS layout, :func:`kind_raw_dtype`), into
+        ``out`` (contiguous, ``nrows`` long) if given."""
+        if out is None:
+            out = np.empty(self.nrows, dtype=kind_raw_dtype(kind))
+        buf = memoryview(out.view(np.uint8))
         with open(self.path, "rb") as fh:
             fh.seek(self.offsets[kind])
-            fh.readinto(memoryview(out.view(np.uint8)))
+            if fh.readinto(buf) != len(buf):
+                raise InputError(f"{self.path}: truncated sweep share")
         return out
 
 
