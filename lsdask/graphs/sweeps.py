@@ -1,16 +1,21 @@
-"""Stage ``sweeps``: sweep files per non-empty 10 x 5 degree box, from the tractor Parquet.
+"""Stage ``sweeps``: sweep files per non-empty 10 x 5 degree box, assembled from the sweep
+shares that the ``parquet`` stage writes in its single pass over the tractor catalogues
+(:mod:`lsdask.graphs.tractorpass`).
 
 For each box that holds primary sources: ``sweeps/sweep-<box>.fits`` (main columns),
 ``sweep-<box>-lc.fits`` and ``sweep-<box>-ex.fits`` (see :mod:`lsdask.survey.sweeps`),
 upper-case columns, EXTNAME ``SWEEP``, headers RAMIN/DECMIN/RAMAX/DECMAX plus the provenance
-keys common to every contributing brick; and ``parquet/sweeps/sweep-<box>.parquet`` (main
-columns, upper-case). Rows: ``brick_primary`` and inside the box, bricks in name order, each
-brick's rows in objid order. One task per box streams one brick file at a time, so memory
-stays bounded by the largest brick. Each output is written to a temporary name and renamed.
+keys common to every brick of the box's partition; and ``parquet/sweeps/sweep-<box>.parquet``
+(main columns, upper-case). Rows: ``brick_primary`` and inside the box, bricks in name order,
+each brick's rows in objid order. One task per box (:func:`make_box`): the FITS rows of each
+share are copied as they are (by the kernel), the Parquet sweep converts one row group's
+worth of main rows at a time, so memory stays bounded. Each output is written to a
+temporary name and renamed. Incremental: ``_manifest.json`` of the Parquet sweeps records
+each box's bricks and their tractor checksums; only boxes whose list changed are remade.
 
-Public: :func:`run_sweeps(layout, client=None)` -> summary dict (converts tractor ->
-Parquet first unless ``parquet=False``); :func:`read_sweeps(layout, columns=None)` -> Dask
-DataFrame.
+Public: :func:`run_sweeps(layout, client=None)` -> summary dict (runs the ``parquet``
+stage first unless ``convert=False``); :func:`make_box` (one box from its shares);
+:func:`share_files`; :func:`read_sweeps(layout, columns=None)` -> Dask DataFrame.
 """
 
 from __future__ import annotations
