@@ -172,10 +172,11 @@ def _required(arrays: list[pa.Array], fields: list[pa.Field],
     return pa.Table.from_arrays(out_a, schema=pa.schema(out_f, metadata=metadata or {}))
 
 
-def convert_brick(layout, brick: str, checksum: str,
-                  compression: str = COMPRESSION) -> dict:
-    """Convert one tractor file into its per-box Parquet files and, in the same pass, its
-    sweep shares (:mod:`lsdask.graphs.tractorpass`); returns its manifest entry."""
+def convert_brick(layout, brick: str, checksum: str, compression: str = COMPRESSION,
+                  shares: bool = True) -> dict:
+    """Convert one tractor file into its per-box Parquet files and, in the same pass (unless
+    not ``shares``), its sweep shares (:mod:`lsdask.graphs.tractorpass`); returns its
+    manifest entry."""
     path = layout.tractor(brick)
     got = read_table_raw(path, primary_header=True)
     fits = None
@@ -207,10 +208,11 @@ def convert_brick(layout, brick: str, checksum: str,
         with atomic_path(out) as tmp:
             pq.write_table(table, tmp, compression=compression, **WRITE_OPTIONS)
         files.append(str(out.relative_to(layout.tractor_parquet)))
-    shares = _write_shares(layout, brick, data, logical, fits is not None, ra, dec, keys,
-                           [int(k) for k in uniq], header)
-    return {"sha256": checksum, "files": files, "nrows": int(len(data)), "fits": fits,
-            "shares": shares}
+    entry = {"sha256": checksum, "files": files, "nrows": int(len(data)), "fits": fits}
+    if shares:
+        entry["shares"] = _write_shares(layout, brick, data, logical, fits is not None, ra,
+                                        dec, keys, [int(k) for k in uniq], header)
+    return entry
 
 
 def _write_shares(layout, brick: str, data: np.ndarray, logical: list[str], dr9: bool,

@@ -2,8 +2,9 @@
 
 Kept only as a reference: the benchmark times it against the single pass in the same run,
 and the tests compare the single pass's products with its products byte for byte. Two
-passes: each tractor file -> its per-box Parquet files; then each box's sweep files from
-those Parquet files (every column read back and turned into FITS rows).
+passes: each tractor file -> its per-box Parquet files (the unchanged partition kernel,
+without shares); then each box's sweep files from those Parquet files (every column read
+back and turned into FITS rows: :func:`make_box_before`, the old sweeps kernel).
 """
 
 from __future__ import annotations
@@ -16,17 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_path, temp_name
-from ..errors import InputError
+from ..atomic import temp_name
 from ..graphs.parquet import (
-    COMPRESSION,
-    WRITE_OPTIONS,
     _save_manifest,
+    convert_brick,
     partition_files,
-    raw_to_arrow,
     tractor_bricks,
     tractor_checksum,
-    tractor_to_arrow,
 )
 from ..graphs.sweeps import ROW_GROUP, _box_keys, _common_keys, _write_pending
 from ..survey.arrowfits import arrow_to_fixed_bytes
@@ -34,8 +31,6 @@ from ..survey.sweeps import (
     EXTNAME,
     SWEEP_COLUMNS,
     SWEEP_KINDS,
-    box_from_index,
-    box_index,
     parse_box,
     sweep_columns,
     sweep_dtype,
@@ -43,45 +38,7 @@ from ..survey.sweeps import (
 from ..survey.tractor import (
     TRACTOR_DTYPE,
     FitsTableWriter,
-    is_tractor_layout,
-    read_table_fast,
-    read_table_raw,
 )
-
-
-def convert_brick_before(layout, brick: str, checksum: str,
-                  compression: str = COMPRESSION) -> dict:
-    """Convert one tractor file into its per-box Parquet files; returns its manifest entry."""
-    path = layout.tractor(brick)
-    got = read_table_raw(path, primary_header=True)
-    fits = None
-    if got is None:  # not a plain table: fitsio
-        data, phdr = read_table_fast(path, primary_header=True)
-        logical: list[str] = []
-    else:
-        data, logical, phdr, start = got
-        if is_tractor_layout(data.dtype):  # where the rows lie, for fast row reads
-            fits = {"start": int(start), "nrows": int(len(data)),
-                    "size": int(path.stat().st_size)}
-    header = {k: str(v) for k, v in phdr.items()}
-    header["lsdask_brick"] = brick
-    header["lsdask_sha256"] = checksum
-    lower = {n.lower(): n for n in data.dtype.names}
-    if "ra" not in lower or "dec" not in lower:
-        raise InputError(f"{path}: no RA/DEC columns")
-    keys = box_index(data[lower["ra"]], data[lower["dec"]])
-    uniq = np.unique(keys)
-    files = []
-    for k in uniq:
-        box = box_from_index(int(k))
-        sub = data if len(uniq) == 1 else data[keys == k]
-        table = (raw_to_arrow(sub, logical, header) if got is not None
-                 else tractor_to_arrow(sub, header))
-        out = layout.tractor_parquet / f"box={box}" / f"{brick}.parquet"
-        with atomic_path(out) as tmp:
-            pq.write_table(table, tmp, compression=compression, **WRITE_OPTIONS)
-        files.append(str(out.relative_to(layout.tractor_parquet)))
-    return {"sha256": checksum, "files": files, "nrows": int(len(data)), "fits": fits}
 
 
 def _column(table: pa.Table | None, name: str | pa.ChunkedArray,
@@ -215,4 +172,4 @@ def _compute(client, tasks: list) -> list:
 
 
 def _convert_chunk(layout, items):
-    return [(b, convert_brick_before(layout, b, cs)) for b, cs in items]
+    return [(b, convert_brick(layout, b, cs, shares=False)) for b, cs in items]
