@@ -123,7 +123,10 @@ def main() -> None:
             runs["legacypipe"].append((_legacypipe(*lp, layout.release_dir / "tractor"),))
         print(f"  repeat {r + 1}: floor {runs['floor'][-1][0]:.2f} s, before "
               f"{runs['before'][-1][0]:.2f} s, after {runs['after'][-1][0]:.2f} s"
-              + (f", legacypipe {runs['legacypipe'][-1][0]:.2f} s" if lp else ""))
+              + (f", legacypipe {runs['legacypipe'][-1][0]:.2f} s" if lp else "")
+              + f"; worker CPU before {runs['before'][-1][1]:.1f} s, after "
+              f"{runs['after'][-1][1]:.1f} s; worker peak RSS MB before "
+              f"{runs['before'][-1][2]}, after {runs['after'][-1][2]}", flush=True)
     print(f"load average after: {load_average()}")
 
     def med(name: str, i: int = 0) -> float:

@@ -24,6 +24,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -219,7 +220,7 @@ class Share:
         return out
 
 
-def copy_kind_rows(share: Share, kind: str, dst) -> None:
+def copy_kind_rows(share: Share, kind: str, dst: BinaryIO) -> None:
     """Append the share's rows of ``kind`` to the open binary file ``dst`` (at its end),
     copied by the kernel where it can."""
     nbytes = share.nrows * kind_raw_dtype(kind).itemsize
