@@ -1,73 +1,154 @@
-"""Benchmark: sweeps (tractor FITS -> Parquet -> sweep FITS + Parquet) vs the read floor.
+"""Benchmark: tractor FITS -> Parquet partition + sweeps (main, -lc, -ex FITS and Parquet
+sweeps) vs the read floor, the two-pass path it replaced and legacypipe's script.
 
 Data: ~300 bricks x 3,000 rows of full DR9 columns (~1.9 GB of FITS), generated once into
-benchmarks/out. Read floor: reading every tractor file fully with fitsio in 2 processes
-(the cores the Dask run gets), measured before and after the steps (mean used). Steps, on a
-LocalCluster of 2 single-threaded worker processes:
-(a) tractor FITS -> Parquet dataset (the one-time "converted once" intermediate);
-(b) sweeps from the Parquet dataset: every main, -lc, -ex FITS file and the Parquet sweeps;
-(c) = (a) + (b), what ``run_sweeps`` does on a fresh release.
-Prints wall-clock ratios to the floor and, since the machine is shared (see the load
-average), CPU-second ratios (user + system, summed over the worker processes / the floor's
-reader processes). Also the peak RSS of every process.
+benchmarks/out. Each repeat measures, interleaved (the machine is shared):
+- the read floor: every tractor file read fully with fitsio in 2 processes;
+- before: the two-pass path (:mod:`lsdask.testing.sweeps_before`: tractor -> Parquet, then
+  every box's sweeps from the Parquet files), on a fresh LocalCluster of 2 single-threaded
+  worker processes;
+- after: ``run_sweeps`` (one pass over the tractor files writes the Parquet partition and
+  each brick's sweep shares, then the boxes are assembled), on a fresh cluster the same way;
+- legacypipe's ``generate-sweep-files.py`` (DR9.6.9, ``--numproc 2``, FITS sweeps only)
+  when the legacypipe stack is built (``$LSDASK_LEGACYPIPE_PREFIX``, default
+  ``~/.cache/lsdask/legacypipe-stack``, with its ``.stamp``); skipped with a message if not.
+Prints the medians of wall-clock seconds, the ratios to the floor, worker CPU seconds and
+the peak RSS of each worker.
 
-    .venv/bin/python benchmarks/bench_sweeps.py
+    .venv/bin/python benchmarks/bench_sweeps.py     # LSDASK_BENCH_REPEATS=3
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import statistics
+import subprocess
 import time
+from pathlib import Path
 
-from _tractor_bench import bench_layout, cpu_seconds, load_average, peak_rss_mb, read_floor
+from _tractor_bench import OUT, bench_layout, cpu_seconds, load_average, peak_rss_mb, read_floor
+
+REPEATS = int(os.environ.get("LSDASK_BENCH_REPEATS", 3))
+PREFIX = Path(os.environ.get("LSDASK_LEGACYPIPE_PREFIX",
+                             Path.home() / ".cache" / "lsdask" / "legacypipe-stack"))
+SCRIPT = (Path(__file__).resolve().parents[2] / "shared" / "vendor" / "legacypipe-stack"
+          / "dr9.6.9-bin" / "generate-sweep-files.py")
 
 
-def main() -> None:
-    from distributed import Client, LocalCluster
-
-    from lsdask.graphs.parquet import run_parquet
-    from lsdask.graphs.sweeps import run_sweeps
-
-    layout, names = bench_layout()
-    paths = [str(layout.tractor(n)) for n in names]
-    size = sum(layout.tractor(n).stat().st_size for n in names) / 1e9
-    print(f"{len(paths)} tractor files, {size:.2f} GB; load average {load_average()}")
-    read_floor(paths, 2)  # warm the page cache for everyone
+def _clean(layout) -> None:
     for d in (layout.parquet_dir, layout.sweeps_dir):
         shutil.rmtree(d, ignore_errors=True)
-    floors = [read_floor(paths, 2, cpu=True)]
+
+
+def _on_cluster(fn, layout) -> tuple[float, float, list[float]]:
+    """Wall seconds, worker CPU seconds and worker peak RSS (MB) of ``fn(layout, client)``
+    on a fresh LocalCluster of 2 single-threaded worker processes."""
+    from distributed import Client, LocalCluster
+
+    _clean(layout)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None, memory_limit="3GB") as cluster, \
             Client(cluster) as client:
+        c0, t0 = sum(client.run(cpu_seconds).values()), time.time()
+        fn(layout, client)
+        wall = time.time() - t0
+        cpu = sum(client.run(cpu_seconds).values()) - c0
+        rss = sorted(client.run(peak_rss_mb).values())
+    return wall, cpu, rss
 
-        def cpu() -> float:
-            return sum(client.run(cpu_seconds).values())
 
-        c0, t0 = cpu(), time.time()
-        p = run_parquet(layout, client=client)
-        c1, t1 = cpu(), time.time()
-        s = run_sweeps(layout, client=client, convert=False)
-        c2, t2 = cpu(), time.time()
-        rss = client.run(peak_rss_mb)
-        again = run_sweeps(layout, client=client)
-        rerun = time.time() - t2
-    floors.append(read_floor(paths, 2, cpu=True))
+def _before(layout, client) -> None:
+    from lsdask.testing.sweeps_before import run_before
+
+    run_before(layout, client)
+
+
+def _after(layout, client) -> None:
+    from lsdask.graphs.sweeps import run_sweeps
+
+    s = run_sweeps(layout, client=client)
+    if s["parquet"]["failed"]:
+        raise RuntimeError(s["parquet"]["failed"])
+
+
+def _legacypipe_setup(paths: list[str]) -> tuple[Path, Path] | None:
+    if not (PREFIX / ".stamp").is_file() or not (PREFIX / "env.sh").is_file():
+        print(f"legacypipe's script: skipped (no built stack at {PREFIX}; "
+              "set LSDASK_LEGACYPIPE_PREFIX)")
+        return None
+    if not SCRIPT.is_file():
+        print(f"legacypipe's script: skipped ({SCRIPT} not found)")
+        return None
+    from lsdask.survey.bricks import brick_grid
+
+    work = OUT / "legacypipe-sweeps"
+    work.mkdir(parents=True, exist_ok=True)
+    bricks = work / "survey-bricks.fits.gz"
+    if not bricks.is_file():
+        brick_grid().write(bricks)
+    (work / "filelist.txt").write_text("".join(p + "\n" for p in paths))
+    return work, bricks
+
+
+def _legacypipe(work: Path, bricks: Path, tractor_dir: Path) -> float:
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    cmd = (f'. "{PREFIX}/env.sh" && exec python "{SCRIPT}" -f fits -F "{work}/filelist.txt" '
+           f'-d "{bricks}" --numproc 2 "{tractor_dir}" "{out}"')
+    t0 = time.time()
+    subprocess.run(["bash", "-c", cmd], check=True, stdout=subprocess.DEVNULL)
+    wall = time.time() - t0
+    if not list(out.rglob("sweep-*.fits")):
+        raise RuntimeError(f"legacypipe's script wrote no sweep file into {out}")
+    return wall
+
+
+def main() -> None:
+    layout, names = bench_layout()
+    paths = [str(layout.tractor(n)) for n in names]
+    size = sum(layout.tractor(n).stat().st_size for n in names) / 1e9
+    print(f"{len(paths)} tractor files, {size:.2f} GB; load average {load_average()}; "
+          f"{REPEATS} repeats, interleaved")
+    read_floor(paths, 2)  # warm the page cache for everyone
+    lp = _legacypipe_setup(paths)
+    runs: dict[str, list] = {"floor": [], "before": [], "after": [], "legacypipe": []}
+    for r in range(REPEATS):
+        runs["floor"].append(read_floor(paths, 2, cpu=True))
+        order = (("before", _before), ("after", _after))
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            runs[name].append(_on_cluster(fn, layout))
+        if lp is not None:
+            runs["legacypipe"].append((_legacypipe(*lp, layout.release_dir / "tractor"),))
+        print(f"  repeat {r + 1}: floor {runs['floor'][-1][0]:.2f} s, before "
+              f"{runs['before'][-1][0]:.2f} s, after {runs['after'][-1][0]:.2f} s"
+              + (f", legacypipe {runs['legacypipe'][-1][0]:.2f} s" if lp else "")
+              + f"; worker CPU before {runs['before'][-1][1]:.1f} s, after "
+              f"{runs['after'][-1][1]:.1f} s; worker peak RSS MB before "
+              f"{runs['before'][-1][2]}, after {runs['after'][-1][2]}", flush=True)
     print(f"load average after: {load_average()}")
-    fw = sum(f[0] for f in floors) / len(floors)
-    fc = sum(f[1] for f in floors) / len(floors)
-    print("read floor (fitsio, 2 processes): "
-          + ", ".join(f"{w:.2f} s wall / {c:.2f} s CPU" for w, c in floors)
-          + f" -> mean {fw:.2f} s wall, {fc:.2f} s CPU")
-    print(f"sweeps: {s['boxes']} boxes, {s['rows']} rows from {p['converted']} bricks")
-    steps = {"(a) tractor -> Parquet": (t1 - t0, c1 - c0),
-             "(b) sweeps from Parquet (FITS + Parquet outputs)": (t2 - t1, c2 - c1),
-             "(c) total": (t2 - t0, c2 - c0)}
-    for name, (w, c) in steps.items():
-        print(f"{name}: {w:.2f} s wall = {w / fw:.2f}x floor; "
-              f"{c:.2f} s worker CPU = {c / fc:.2f}x floor CPU")
-    print(f"no-op rerun: {rerun:.2f} s ({again['boxes']} boxes remade)")
-    print(f"peak RSS MB: driver {peak_rss_mb():.0f}, workers "
-          + ", ".join(f"{v:.0f}" for v in rss.values()))
+
+    def med(name: str, i: int = 0) -> float:
+        return statistics.median(x[i] for x in runs[name])
+
+    floor = med("floor")
+    print(f"\nmedians of {REPEATS} (wall s; CPU s summed over the 2 workers / readers):")
+    print(f"{'':44s} {'wall':>7s} {'x floor':>8s} {'CPU':>7s} {'x floor':>8s}")
+    print(f"{'read floor (fitsio, 2 processes)':44s} {floor:7.2f} {1:8.2f} "
+          f"{med('floor', 1):7.2f} {1:8.2f}")
+    for name, label in (("before", "lsdask before (two passes)"),
+                        ("after", "lsdask after (one pass + box assembly)")):
+        w, c = med(name), med(name, 1)
+        print(f"{label:44s} {w:7.2f} {w / floor:8.2f} {c:7.2f} {c / med('floor', 1):8.2f}")
+    print(f"after / before: {med('after') / med('before'):.2f}")
+    if lp is not None:
+        w = med("legacypipe")
+        print(f"{'legacypipe generate-sweep-files.py (2 proc)':44s} {w:7.2f} {w / floor:8.2f}")
+        print(f"after / legacypipe: {med('after') / w:.2f} ({w / med('after'):.1f}x faster)")
+    for name in ("before", "after"):
+        rss = [max(x[2][i] for x in runs[name]) for i in range(2)]
+        print(f"peak RSS per worker, {name}: " + ", ".join(f"{v:.0f} MB" for v in rss))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Incremental: ``_manifest.json`` in the dataset records each converted brick's tr
 (from ``brick-<brick>.sha256sum``, else computed), its files and, for DR9-layout files, where
 the rows lie in the FITS file (``fits``: start, nrows, size; used for fast row reads); a
 rerun converts only new or changed bricks and removes files of bricks that disappeared.
-Each file is written under a hidden temporary name and renamed, and the manifest is
+The same pass writes the brick's sweep shares (:mod:`lsdask.graphs.tractorpass`, listed as
+``shares``), from which the sweeps are assembled. Each file is written under a hidden
+temporary name and renamed, and the manifest is
 rewritten atomically after each batch, so a killed run leaves no half-written partition
 visible and a rerun resumes. Writing: required (non-null) columns, no compression, no
 dictionary, statistics only for the position columns.
@@ -36,6 +38,7 @@ from ..errors import InputError
 from ..survey.arrowfits import column_to_arrow, fixed_bytes_to_arrow, numeric_to_arrow
 from ..survey.sweeps import box_from_index, box_index
 from ..survey.tractor import is_tractor_layout, read_table_fast, read_table_raw
+from .tractorpass import box_selections, share_rows_from_columns, share_rows_from_raw, write_share
 
 MANIFEST = "_manifest.json"
 COMPRESSION = "none"
@@ -169,9 +172,11 @@ def _required(arrays: list[pa.Array], fields: list[pa.Field],
     return pa.Table.from_arrays(out_a, schema=pa.schema(out_f, metadata=metadata or {}))
 
 
-def convert_brick(layout, brick: str, checksum: str,
-                  compression: str = COMPRESSION) -> dict:
-    """Convert one tractor file into its per-box Parquet files; returns its manifest entry."""
+def convert_brick(layout, brick: str, checksum: str, compression: str = COMPRESSION,
+                  shares: bool = True) -> dict:
+    """Convert one tractor file into its per-box Parquet files and, in the same pass (unless
+    not ``shares``), its sweep shares (:mod:`lsdask.graphs.tractorpass`); returns its
+    manifest entry."""
     path = layout.tractor(brick)
     got = read_table_raw(path, primary_header=True)
     fits = None
@@ -189,7 +194,9 @@ def convert_brick(layout, brick: str, checksum: str,
     lower = {n.lower(): n for n in data.dtype.names}
     if "ra" not in lower or "dec" not in lower:
         raise InputError(f"{path}: no RA/DEC columns")
-    keys = box_index(data[lower["ra"]], data[lower["dec"]])
+    ra = np.asarray(data[lower["ra"]], dtype=float)
+    dec = np.asarray(data[lower["dec"]], dtype=float)
+    keys = box_index(ra, dec)
     uniq = np.unique(keys)
     files = []
     for k in uniq:
@@ -201,7 +208,31 @@ def convert_brick(layout, brick: str, checksum: str,
         with atomic_path(out) as tmp:
             pq.write_table(table, tmp, compression=compression, **WRITE_OPTIONS)
         files.append(str(out.relative_to(layout.tractor_parquet)))
-    return {"sha256": checksum, "files": files, "nrows": int(len(data)), "fits": fits}
+    entry = {"sha256": checksum, "files": files, "nrows": int(len(data)), "fits": fits}
+    if shares:
+        entry["shares"] = _write_shares(layout, brick, data, logical, fits is not None, ra,
+                                        dec, keys, [int(k) for k in uniq], header)
+    return entry
+
+
+def _write_shares(layout, brick: str, data: np.ndarray, logical: list[str], dr9: bool,
+                  ra: np.ndarray, dec: np.ndarray, keys: np.ndarray, boxes: list[int],
+                  header: dict[str, str]) -> list[str]:
+    """The brick's sweep share of each box of its partition (relative paths)."""
+    lower = {n.lower(): n for n in data.dtype.names}
+    if "brick_primary" not in lower:
+        return []
+    primary = data[lower["brick_primary"]]
+    primary = primary == ord("T") if lower["brick_primary"] in logical else primary.astype(bool)
+    sels = box_selections(ra, dec, primary, keys, {k: box_from_index(k) for k in boxes})
+    out = []
+    for box, sel in sels.items():
+        rows = (share_rows_from_raw(data, sel) if dr9
+                else share_rows_from_columns(data, logical, sel))
+        path = layout.sweep_share(box, brick)
+        write_share(path, rows, len(data) if sel is None else len(sel), header)
+        out.append(str(path.relative_to(layout.sweep_shares)))
+    return out
 
 
 def _convert_many(layout, items: list[tuple[str, str]], compression: str) -> list:
@@ -231,13 +262,12 @@ def run_parquet(layout, client=None, force: bool = False, compression: str = COM
     for brick in found:
         cs = tractor_checksum(layout, brick)
         entry = done.get(brick)
-        if entry and entry.get("sha256") == cs and all(
-                (layout.tractor_parquet / f).is_file() for f in entry["files"]):
+        if entry and entry.get("sha256") == cs and _products_present(layout, entry):
             continue
         todo.append((brick, cs))
     removed = [b for b in list(done) if b not in found]
     for b in removed:
-        _remove_files(layout, done.pop(b)["files"])
+        _remove_files(layout, done.pop(b))
     layout.tractor_parquet.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
     rows = 0
@@ -253,7 +283,7 @@ def run_parquet(layout, client=None, force: bool = False, compression: str = COM
                     continue
                 old = done.get(brick)
                 if old:
-                    _remove_files(layout, [f for f in old["files"] if f not in entry["files"]])
+                    _remove_files(layout, old, entry)
                 done[brick] = entry
                 rows += entry["nrows"]
         _save_manifest(layout, manifest)
@@ -264,11 +294,22 @@ def run_parquet(layout, client=None, force: bool = False, compression: str = COM
             "seconds": round(time.time() - t0, 3)}
 
 
-def _remove_files(layout, files: list[str]) -> None:
-    for f in files:
-        p = layout.tractor_parquet / f
-        if p.is_file():
-            p.unlink()
+def _products_present(layout, entry: dict) -> bool:
+    """Whether every Parquet file and sweep share of a manifest entry exists."""
+    return "shares" in entry and all(
+        (layout.tractor_parquet / f).is_file() for f in entry["files"]) and all(
+        (layout.sweep_shares / f).is_file() for f in entry["shares"])
+
+
+def _remove_files(layout, old: dict, new: dict | None = None) -> None:
+    """Remove the Parquet files and sweep shares of manifest entry ``old`` that ``new``
+    does not list."""
+    for key, root in (("files", layout.tractor_parquet), ("shares", layout.sweep_shares)):
+        keep = set(new.get(key, ())) if new else set()
+        for f in old.get(key, ()):
+            p = root / f
+            if f not in keep and p.is_file():
+                p.unlink()
 
 
 def partition_files(layout, manifest: dict | None = None) -> dict[str, list[Path]]:

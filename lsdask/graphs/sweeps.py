@@ -1,43 +1,46 @@
-"""Stage ``sweeps``: sweep files per non-empty 10 x 5 degree box, from the tractor Parquet.
+"""Stage ``sweeps``: sweep files per non-empty 10 x 5 degree box, assembled from the sweep
+shares that the ``parquet`` stage writes in its single pass over the tractor catalogues
+(:mod:`lsdask.graphs.tractorpass`).
 
 For each box that holds primary sources: ``sweeps/sweep-<box>.fits`` (main columns),
 ``sweep-<box>-lc.fits`` and ``sweep-<box>-ex.fits`` (see :mod:`lsdask.survey.sweeps`),
 upper-case columns, EXTNAME ``SWEEP``, headers RAMIN/DECMIN/RAMAX/DECMAX plus the provenance
-keys common to every contributing brick; and ``parquet/sweeps/sweep-<box>.parquet`` (main
-columns, upper-case). Rows: ``brick_primary`` and inside the box, bricks in name order, each
-brick's rows in objid order. One task per box streams one brick file at a time, so memory
-stays bounded by the largest brick. Each output is written to a temporary name and renamed.
+keys common to every brick of the box's partition; and ``parquet/sweeps/sweep-<box>.parquet``
+(main columns, upper-case). Rows: ``brick_primary`` and inside the box, bricks in name order,
+each brick's rows in objid order. One task per box (:func:`make_box`): the FITS rows of each
+share are copied as they are (by the kernel), the Parquet sweep converts one row group's
+worth of main rows at a time, so memory stays bounded. Each output is written to a
+temporary name and renamed. Incremental: ``_manifest.json`` of the Parquet sweeps records
+each box's bricks and their tractor checksums; only boxes whose list changed are remade.
 
-Public: :func:`run_sweeps(layout, client=None)` -> summary dict (converts tractor ->
-Parquet first unless ``parquet=False``); :func:`read_sweeps(layout, columns=None)` -> Dask
-DataFrame.
+Public: :func:`run_sweeps(layout, client=None)` -> summary dict (runs the ``parquet``
+stage first unless ``convert=False``); :func:`make_box` (one box from its shares);
+:func:`share_files`; :func:`read_sweeps(layout, columns=None)` -> Dask DataFrame.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..atomic import temp_name, write_text_atomic
 from ..errors import InputError
-from ..survey.arrowfits import arrow_to_fixed_bytes
 from ..survey.sweeps import (
     EXTNAME,
-    SWEEP_COLUMNS,
     SWEEP_KINDS,
     parse_box,
-    sweep_columns,
     sweep_dtype,
 )
-from ..survey.tractor import TRACTOR_DTYPE, FitsTableWriter
-from .parquet import load_manifest, partition_files, run_parquet
+from ..survey.tractor import FitsTableWriter
+from .parquet import load_manifest, raw_to_arrow, run_parquet
+from .tractorpass import Share, copy_kind_rows, kind_raw_dtype
 
 SWEEPS_MANIFEST = "_manifest.json"
 #: Per-brick header keys that are not provenance.
@@ -63,110 +66,88 @@ def _coerce(v: str):
     return v
 
 
-def _column(table: pa.Table | None, name: str | pa.ChunkedArray,
-            dtype: np.dtype) -> np.ndarray:
-    """One Arrow column (by name, or the column itself) -> numpy with the tractor dtype
-    (fixed-size lists -> 2-d); numbers without a copy, text vectorised."""
-    col = table.column(name) if isinstance(name, str) else name
-    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    n = len(arr)
-    if pa.types.is_fixed_size_list(arr.type):
-        return arr.flatten().to_numpy(zero_copy_only=False).reshape(n, arr.type.list_size)
-    if dtype.kind == "S":
-        if arr.null_count:
-            arr = pc.fill_null(arr, "")
-        return arrow_to_fixed_bytes(arr, dtype.itemsize)
-    return arr.to_numpy(zero_copy_only=False)
-
-
 #: Rows of the Parquet sweep gathered into one row group.
 ROW_GROUP = 100_000
 
 
-def make_box(layout, box: str, files: list[Path], parquet: bool = True) -> dict:
-    """Write the sweep files of one box from its tractor Parquet files.
-
-    One brick file at a time: its primary in-box rows are selected with numpy, each column
-    is converted once (shared by the main, -lc and -ex files) and stored straight into the
-    big-endian row blocks of the three FITS files; the main columns go to the Parquet
-    sweep in row groups of about :data:`ROW_GROUP` rows."""
-    ramin, ramax, decmin, decmax = parse_box(box)
+def make_box(layout, box: str, shares: list[Path], parquet: bool = True) -> dict:
+    """Write the sweep files of one box from its bricks' sweep shares (brick-name order,
+    :mod:`lsdask.graphs.tractorpass`): each FITS file is its header plus the shares' rows
+    of its kind copied as they are; the Parquet sweep converts the main rows, a row group
+    every :data:`ROW_GROUP` rows or more (at brick boundaries)."""
     outs = {k: layout.sweep(box, k) for k in SWEEP_KINDS}
     pq_out = layout.sweep_parquet(box)
     tmps = {k: temp_name(p) for k, p in outs.items()}
     pq_tmp = temp_name(pq_out)
-    writers: dict[str, FitsTableWriter] = {}
+    opened = [Share(p) for p in shares]
+    keys = {**_box_keys(box), **_common_keys([s.header for s in opened])}
+    full = [s for s in opened if s.nrows]
     writer = None
-    pending: list[pa.Table] = []
-    npending = 0
-    nrows = 0
-    nbricks = 0
-    metas = [pq.read_metadata(f) for f in files]
-    keys = {**_box_keys(box), **_provenance(files, metas)}
-    upper = [c.upper() for c in SWEEP_COLUMNS]
     try:
-        for f, md in zip(files, metas, strict=True):
-            table = pq.ParquetFile(f, metadata=md, memory_map=True).read(use_threads=False)
-            ra = _column(table, "ra", TRACTOR_DTYPE["ra"])
-            dec = _column(table, "dec", TRACTOR_DTYPE["dec"])
-            top = dec < decmax if decmax < 90 else dec <= decmax
-            mask = _column(table, "brick_primary", TRACTOR_DTYPE["brick_primary"]) & (
-                ra >= ramin) & (ra < ramax) & (dec >= decmin) & top
-            nsel = int(np.count_nonzero(mask))
-            if nsel == 0:
-                continue
-            sel = None if nsel == len(mask) else np.flatnonzero(mask)
-            nbricks += 1
-            nrows += nsel
-            cols: dict[str, np.ndarray] = {}
-            index = dict(zip(table.column_names, table.columns, strict=True))
+        if full:
             for kind in SWEEP_KINDS:
-                w = writers.get(kind)
-                if w is None:
-                    tmps[kind].parent.mkdir(parents=True, exist_ok=True)
-                    w = writers[kind] = FitsTableWriter(tmps[kind], sweep_dtype(kind), EXTNAME,
-                                                        keys, keys)
-                # every row into the file layout, then one row gather (cheaper than
-                # selecting column by column)
-                buf = w.new_buffer(len(mask))
-                for c in sweep_columns(kind):
-                    v = cols.get(c)
-                    if v is None:
-                        v = cols[c] = _column(None, index[c], TRACTOR_DTYPE[c].base)
-                    w.set_column(buf, c.upper(), v)
-                w.write_buffer(buf, sel)
+                tmps[kind].parent.mkdir(parents=True, exist_ok=True)
+                with FitsTableWriter(tmps[kind], sweep_dtype(kind), EXTNAME, keys, keys) as w:
+                    for s in full:
+                        w.append_copied(functools.partial(copy_kind_rows, s, kind), s.nrows)
+                    w.close()
             if parquet:
-                main = table.select(list(SWEEP_COLUMNS))
-                if sel is not None:
-                    main = main.filter(pa.array(mask))
-                pending.append(main.rename_columns(upper))
-                npending += nsel
-                if npending >= ROW_GROUP:
-                    writer = _write_pending(writer, pending, pq_tmp, box)
-                    pending, npending = [], 0
-        if pending:
-            writer = _write_pending(writer, pending, pq_tmp, box)
-        for w in writers.values():
-            w.close()
-        if writer is not None:
-            writer.close()
-            pq_tmp.replace(pq_out)
-        for kind in writers:
-            tmps[kind].replace(outs[kind])
-        if not writers:  # box empty now: remove stale products
+                group: list[Share] = []
+                ngroup = 0
+                for s in full:
+                    group.append(s)
+                    ngroup += s.nrows
+                    if ngroup >= ROW_GROUP:
+                        writer = _write_pending(writer, _main_tables(group), pq_tmp, box)
+                        group, ngroup = [], 0
+                if group:
+                    writer = _write_pending(writer, _main_tables(group), pq_tmp, box)
+                writer.close()
+                pq_tmp.replace(pq_out)
+            for kind in SWEEP_KINDS:
+                tmps[kind].replace(outs[kind])
+        else:  # box empty now: remove stale products
             for p in (*outs.values(), pq_out):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
     finally:
-        for w in writers.values():
-            w.__exit__()
         if writer is not None:
             with contextlib.suppress(Exception):
                 writer.close()
         for p in (*tmps.values(), pq_tmp):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-    return {"box": box, "rows": nrows, "bricks": nbricks}
+    return {"box": box, "rows": sum(s.nrows for s in full), "bricks": len(full)}
+
+
+def _main_tables(shares: list[Share]) -> list[pa.Table]:
+    """The shares' main rows as the Parquet sweep's Arrow tables, one a share (converted
+    at once, then sliced): upper-case names, list items named ``element`` (as when read
+    back from the tractor Parquet)."""
+    dt = sweep_dtype("")
+    rows = np.empty(sum(s.nrows for s in shares), dtype=kind_raw_dtype(""))
+    pos = 0
+    for s in shares:
+        s.read_rows("", out=rows[pos:pos + s.nrows])
+        pos += s.nrows
+    table = raw_to_arrow(rows, [n for n in dt.names if dt[n].base.kind == "b"])
+    table = pa.Table.from_arrays(table.columns, schema=_main_schema(table.schema))
+    out, pos = [], 0
+    for s in shares:
+        out.append(table.slice(pos, s.nrows))
+        pos += s.nrows
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _main_schema(schema: pa.Schema) -> pa.Schema:
+    fields = []
+    for f in schema:
+        t = f.type
+        if pa.types.is_fixed_size_list(t):
+            t = pa.list_(pa.field("element", t.value_type, nullable=False), t.list_size)
+        fields.append(pa.field(f.name.upper(), t, nullable=f.nullable, metadata=f.metadata))
+    return pa.schema(fields)
 
 
 def _write_pending(writer, tables: list[pa.Table], path: Path, box: str):
@@ -186,12 +167,10 @@ def _write_pending(writer, tables: list[pa.Table], path: Path, box: str):
     return writer
 
 
-def _provenance(files: list[Path], metas: list | None = None) -> dict:
-    """Header keys (FITS-sized names) with the same value in every brick's metadata."""
+def _common_keys(headers: list[dict[str, str]]) -> dict:
+    """Header keys (FITS-sized names) with the same value in every brick's header."""
     prov: dict | None = None
-    for i, f in enumerate(files):
-        md = (metas[i].metadata if metas is not None else pq.read_schema(f).metadata) or {}
-        meta = {k.decode(): v.decode() for k, v in md.items() if len(k) <= 8}
+    for meta in headers:
         if prov is None:
             prov = {k: v for k, v in meta.items() if k not in _PER_BRICK
                     and len(k) <= 8 and k.isupper() and len(v) <= 68}
@@ -217,7 +196,7 @@ def run_sweeps(layout, client=None, force: bool = False, parquet: bool = True,
     t0 = time.time()
     psum = run_parquet(layout, client=client) if convert else None
     manifest = load_manifest(layout)
-    parts = partition_files(layout, manifest)
+    parts = share_files(layout, manifest)
     sig = {}
     for box, files in parts.items():
         names = [p.stem for p in files]
@@ -239,6 +218,20 @@ def run_sweeps(layout, client=None, force: bool = False, parquet: bool = True,
     return {"boxes": sum(1 for r in results if r["rows"]), "skipped": len(parts) - len(todo),
             "rows": rows, "files": [layout.sweep(r["box"]).name for r in results if r["rows"]],
             "parquet": psum, "seconds": round(time.time() - t0, 3)}
+
+
+def share_files(layout, manifest: dict | None = None) -> dict[str, list[Path]]:
+    """Box name -> sorted sweep shares of that box (from the tractor Parquet manifest)."""
+    manifest = load_manifest(layout) if manifest is None else manifest
+    out: dict[str, list[Path]] = {}
+    for brick, entry in manifest["bricks"].items():
+        if "shares" not in entry:
+            raise InputError(f"{brick}: no sweep shares (converted by an older lsdask: run "
+                             "parquet)")
+        for f in entry["shares"]:
+            box = f.split("/", 1)[0].split("=", 1)[1]
+            out.setdefault(box, []).append(layout.sweep_shares / f)
+    return {k: sorted(v) for k, v in sorted(out.items())}
 
 
 def sweep_files(layout) -> list[Path]:

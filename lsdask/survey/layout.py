@@ -258,6 +258,15 @@ class ReleaseLayout:
         return self.sweeps_parquet / "_manifest.json"
 
     @property
+    def sweep_shares(self) -> Path:
+        """Each brick's finished sweep rows per box (written with its Parquet partition)."""
+        return self.parquet_dir / "sweep-shares"
+
+    def sweep_share(self, box: str, brick: str) -> Path:
+        """``parquet/sweep-shares/box=<box>/<brick>.share``."""
+        return self.sweep_shares / f"box={box}" / f"{brick}.share"
+
+    @property
     def external_dir(self) -> Path:
         return self.release_dir / "external"
 

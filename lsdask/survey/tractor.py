@@ -27,7 +27,9 @@ API
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -601,6 +603,12 @@ class FitsTableWriter:
         if len(buf):
             self._fh.write(memoryview(buf.view(np.uint8)))
         self.nrows += len(buf)
+
+    def append_copied(self, copy: Callable[[BinaryIO], object], nrows: int) -> None:
+        """Append ``nrows`` rows already in the file's byte layout that ``copy(fh)`` writes
+        at the end of the open file (e.g. copied from another file by the kernel)."""
+        copy(self._fh)
+        self.nrows += nrows
 
     def append(self, rows) -> None:
         """Append rows: a structured array or a dict of column arrays (any byte order,
