@@ -69,6 +69,12 @@ def test_demo_legacypipe_against_truth(demo):
         assert "+ . " in layout.log("runbrick", b).read_text()
         assert "-m legacypipe.runbrick --brick " + b in layout.log("runbrick", b).read_text()
     cat = np.concatenate([fitsio.read(str(layout.tractor(b))) for b in bricks])
+    # the whole-release stages read legacypipe's own (DR11) catalogues as DR9 rows
+    assert "pmra" not in cat.dtype.names and "ls_id_dr11" in cat.dtype.names
+    sweeps = sorted(layout.sweeps_dir.glob("sweep-*.fits"))
+    swept = sum(len(fitsio.read(str(p), columns=["ra"])) for p in sweeps
+                if not p.name.endswith(("-lc.fits", "-ex.fits")))
+    assert swept == int(cat["brick_primary"].sum()) > 0
     truth = np.concatenate([truth_in(layout, b) for b in bricks])
     # match each truth source with r < 21 (unsaturated) to the nearest catalogue source
     bright = truth[(truth["flux_r"] > 10 ** ((22.5 - 21) / 2.5)) & (truth["flux_r"] < 250)]

@@ -179,7 +179,7 @@ def _matched_rows(layout, parquet_file: Path, ridx: np.ndarray, objid: np.ndarra
     against the Parquet objid and ra (``scratch``: a one-item list holding a reusable
     read buffer). Otherwise the rows are converted column by column,
     from the FITS file if it still agrees, else from the Parquet dataset."""
-    from ..survey.tractor import read_rows_fast, table_layout
+    from ..survey.tractor import conform_tractor, read_rows_fast, table_layout
 
     want = _tractor_raw_dtype()
     path = layout.tractor(parquet_file.stem)
@@ -226,6 +226,8 @@ def _matched_rows(layout, parquet_file: Path, ridx: np.ndarray, objid: np.ndarra
         rows = None
     if rows is None:  # changed since conversion: the Parquet rows
         rows = arrow_to_numpy(pq.read_table(parquet_file).take(pa.array(ridx)))
+    if not set(TRACTOR_DTYPE.names) <= set(rows.dtype.names):  # another legacypipe model
+        rows = conform_tractor(rows)
     block = np.empty(len(objid), dtype=want)
     for c in TRACTOR_DTYPE.names:
         v = rows[c]

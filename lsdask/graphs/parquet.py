@@ -37,7 +37,12 @@ from ..atomic import atomic_path, sha256_file, write_text_atomic
 from ..errors import InputError
 from ..survey.arrowfits import column_to_arrow, fixed_bytes_to_arrow, numeric_to_arrow
 from ..survey.sweeps import box_from_index, box_index
-from ..survey.tractor import is_tractor_layout, read_table_fast, read_table_raw
+from ..survey.tractor import (
+    conform_tractor,
+    is_tractor_layout,
+    read_table_fast,
+    read_table_raw,
+)
 from .tractorpass import box_selections, share_rows_from_columns, share_rows_from_raw, write_share
 
 MANIFEST = "_manifest.json"
@@ -180,14 +185,14 @@ def convert_brick(layout, brick: str, checksum: str, compression: str = COMPRESS
     path = layout.tractor(brick)
     got = read_table_raw(path, primary_header=True)
     fits = None
-    if got is None:  # not a plain table: fitsio
-        data, phdr = read_table_fast(path, primary_header=True)
-        logical: list[str] = []
-    else:
+    logical: list[str] = []
+    if got is not None and is_tractor_layout(got[0].dtype):
         data, logical, phdr, start = got
-        if is_tractor_layout(data.dtype):  # where the rows lie, for fast row reads
-            fits = {"start": int(start), "nrows": int(len(data)),
-                    "size": int(path.stat().st_size)}
+        fits = {"start": int(start), "nrows": int(len(data)),  # for fast row reads
+                "size": int(path.stat().st_size)}
+    else:  # another legacypipe data model (DR10/DR11, --no-wise ...): as DR9 rows
+        data, phdr = read_table_fast(path, primary_header=True)
+        data = conform_tractor(data)
     header = {k: str(v) for k, v in phdr.items()}
     header["lsdask_brick"] = brick
     header["lsdask_sha256"] = checksum

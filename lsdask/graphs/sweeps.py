@@ -39,7 +39,7 @@ from ..survey.sweeps import (
     sweep_dtype,
 )
 from ..survey.tractor import FitsTableWriter
-from .parquet import load_manifest, raw_to_arrow, run_parquet
+from .parquet import load_manifest, partition_files, raw_to_arrow, run_parquet
 from .tractorpass import Share, copy_kind_rows, kind_raw_dtype
 
 SWEEPS_MANIFEST = "_manifest.json"
