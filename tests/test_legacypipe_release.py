@@ -99,20 +99,9 @@ def test_demo_legacypipe_against_truth(demo):
 
 
 @pytest.mark.slurm
-def test_one_legacypipe_brick_on_slurm(demo, tmp_path, monkeypatch):
+def test_one_legacypipe_brick_on_slurm(demo, tmp_path, monkeypatch, slurm):
     """The runbrick stage of one demo brick on SLURMCluster workers of the local Slurm, the
     launcher named in the config (no environment variable on the workers)."""
-    from test_slurm import CONF, slurm_up
-
-    why = slurm_up()
-    if why is not None:
-        import os
-
-        msg = f"local Slurm not running ({why}); start it: lsdask/jobqueue/local-slurm.sh start"
-        if os.environ.get("LSDASK_REQUIRE_SLURM") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    monkeypatch.setenv("SLURM_CONF", CONF)
     monkeypatch.delenv("LSDASK_LEGACYPIPE_PREFIX", raising=False)
     d, _ = demo
     first = Release.from_config(d / "release.toml")

@@ -4,8 +4,6 @@ the brick is redone elsewhere and the release completes."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import threading
 
@@ -24,39 +22,6 @@ from lsdask.processors.testing import (
 from lsdask.release import Release
 
 pytestmark = pytest.mark.slurm
-
-CONF = "/var/tmp/lsdask-slurm/slurm.conf"
-
-
-def slurm_up() -> str | None:
-    """None when the local Slurm answers, else why not."""
-    if shutil.which("sinfo") is None:
-        return "Slurm is not installed"
-    env = dict(os.environ)
-    if os.path.exists(CONF):
-        env.setdefault("SLURM_CONF", CONF)
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
-                             timeout=10, env=env)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"sinfo failed: {e}"
-    states = out.stdout.split()
-    if out.returncode != 0 or not any(s in ("idle", "mixed", "allocated") for s in states):
-        return f"no idle Slurm node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
-    return None
-
-
-@pytest.fixture
-def slurm(monkeypatch):
-    why = slurm_up()
-    if why is not None:
-        msg = f"local Slurm not running ({why}); start it: lsdask/jobqueue/local-slurm.sh start"
-        if os.environ.get("LSDASK_REQUIRE_SLURM") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    if os.path.exists(CONF):
-        monkeypatch.setenv("SLURM_CONF", CONF)
-
 
 @pytest.fixture
 def release(tmp_path, monkeypatch, slurm):
