@@ -183,6 +183,9 @@ def _runbrick(layout, processor, brickname, images, bands, options, release, con
     options = dataclasses.replace(options, threads=threads)
     out = processor_call(processor, "run_runbrick", layout, brickname, ccds, bands, options,
                          release, config_hash)
+    if out.get("empty"):  # e.g. legacypipe's NothingToDoError: done, with no products
+        write_stamp(stamp, fp, empty=True)
+        return out
     sums = layout.sha256sum(brickname)
     files = (sha256sum_files(sums, layout.release_dir) if sums.is_file()
              else [layout.tractor(brickname)])
