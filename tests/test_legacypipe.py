@@ -246,6 +246,9 @@ def test_failure_classes():
     other = failure(Outcome(1, ["Traceback (most recent call last):",
                                 "ValueError: something odd"]), "runbrick b")
     assert isinstance(other, LegacypipeError) and "ValueError: something odd" in str(other)
+    # runbrick's NothingToDoError exits 0: a success with no sources, not a failure
+    assert Outcome(0, ["[INFO legacypipe.runbrick main] No CCDs touching brick"]).nothing_to_do
+    assert not Outcome(0, ["Stage writecat finished"]).nothing_to_do
 
 
 def test_launcher_forms_and_config_errors(tmp_path, monkeypatch):
