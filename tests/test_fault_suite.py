@@ -591,3 +591,21 @@ def test_zz_figures():
     assert FIGURES.bad_clear == FIGURES.bad_tried
     assert FIGURES.lost == 0 and FIGURES.twice == 0
 
+
+
+def test_f05b_stale_shm_of_a_killed_brick_is_removed(tmp_path):
+    """A brick killed mid-coadd leaves its /dev/shm folder; the next brick's start removes
+    folders whose process is gone and keeps live ones."""
+    import subprocess
+
+    from lsdask.processors.lite.runbrick import clean_stale_shm
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"lsdask-runbrick-{dead.pid}-abc"
+    live = tmp_path / f"lsdask-runbrick-{os.getpid()}-def"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "x").write_bytes(b"0" * 10)
+    assert clean_stale_shm(str(tmp_path)) == [stale.name]
+    assert not stale.exists() and live.exists()

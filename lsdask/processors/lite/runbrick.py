@@ -315,15 +315,37 @@ def _unshare(obj):
 
 
 def _shm_dir() -> str | None:
-    """A private directory in /dev/shm for worker results, or None without a usable one."""
+    """A private directory in /dev/shm for worker results (named with this process's PID),
+    or None without a usable one. Directories left by killed bricks (their PID gone) are
+    removed first."""
     import tempfile
 
     if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
         return None
+    clean_stale_shm()
     try:
-        return tempfile.mkdtemp(prefix="lsdask-runbrick-", dir="/dev/shm")
+        return tempfile.mkdtemp(prefix=f"lsdask-runbrick-{os.getpid()}-", dir="/dev/shm")
     except OSError:
         return None
+
+
+def clean_stale_shm(root: str = "/dev/shm") -> list[str]:
+    """Remove ``lsdask-runbrick-<pid>-*`` directories whose process is gone."""
+    import shutil
+
+    gone = []
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        parts = name.split("-")
+        if not name.startswith("lsdask-runbrick-") or len(parts) < 4 or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            gone.append(name)
+        except PermissionError:
+            pass  # alive, another user's
+    return gone
 
 
 def make_coadds(layout: ReleaseLayout, sel: np.ndarray, wcs, bands, kernel: str,
