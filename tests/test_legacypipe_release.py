@@ -143,3 +143,26 @@ def test_one_legacypipe_brick_on_slurm(demo, tmp_path, monkeypatch, slurm):
     a = fitsio.read(str(first.layout.tractor(brick)))
     c = fitsio.read(str(rel.layout.tractor(brick)))
     assert len(a) == len(c) and np.array_equal(a["flux_r"], c["flux_r"])
+
+
+def test_survey_ccds_merge_identical_to_legacyzpts_merge(demo, tmp_path):
+    """lsdask's fast survey-ccds merge gives the table legacyzpts' own
+    ``legacy_zeropoints_merge.py`` makes from the same per-exposure annotated tables."""
+    from legacypipe_stack import assert_same_catalogue, run_direct
+
+    d, _ = demo
+    layout = Release.from_config(d / "release.toml").layout
+    images = sorted(p for p in layout.zpt_dir.rglob("*-annotated.fits"))
+    assert len(images) == 3
+    ours = tmp_path / "ours.fits"
+    ours.write_bytes(__import__("gzip").decompress(layout.survey_ccds.read_bytes()))
+    # the merge orders exposures as the images stage does: give legacyzpts the same order
+    order = [str(layout.zeropoints(n)) for n in
+             [r.strip() for r in dict.fromkeys(
+                 fitsio.read(str(ours), columns=["image_filename"])["image_filename"]
+                 .astype(str))]]
+    theirs = tmp_path / "theirs.fits"
+    rc = run_direct(stack_prefix(), ["--outname", str(theirs), *order], {},
+                    tmp_path / "merge.log", module="legacyzpts.legacy_zeropoints_merge")
+    assert rc == 0, (tmp_path / "merge.log").read_text()[-2000:]
+    assert assert_same_catalogue(ours, theirs) == 12
