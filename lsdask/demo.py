@@ -78,7 +78,8 @@ def demo_config_toml(directory: Path, s: DemoSettings | None = None) -> str:
         # the simulated survey has Gaia-like chunks without Gaia's full columns and no
         # Tycho-2 kd-tree: legacypipe runs without its reference stars here
         runbrick_extra += 'processor = "legacypipe"\ntimeout = 3600.0\n'
-        legacypipe = "\n[legacypipe]\ngaia_stars = false\ntycho_stars = false\n"
+        legacypipe = ("\n[stages.ccds]\nprocessor = \"legacypipe\"  # create_kdtrees\n"
+                      "\n[legacypipe]\ngaia_stars = false\ntycho_stars = false\n")
     else:
         runbrick_extra += 'resample_kernel = "spline3"\ntimeout = 600.0\n'
     return f"""# lsdask demo release (written by `lsdask demo`)
