@@ -9,13 +9,13 @@ when its tractor file and ``brick-<brick>.sha256sum`` exist and every checksum v
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ...atomic import sha256_file
 from ...errors import InputError
 from ...survey.layout import ReleaseLayout
 from .launcher import make_launcher, run
@@ -32,14 +32,6 @@ def read_sha256sum(path: Path) -> list[tuple[str, str]]:
         digest, _, name = ln.partition(" ")
         out.append((digest.strip().lower(), name.strip().lstrip("*")))
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_checksums(layout: ReleaseLayout, brick: str) -> list[str]:
@@ -60,7 +52,7 @@ def verify_checksums(layout: ReleaseLayout, brick: str) -> list[str]:
         listed.add(path.resolve())
         if not path.is_file():
             problems.append(f"{path}: listed in {sums.name} but missing")
-        elif _sha256(path) != digest:
+        elif sha256_file(path) != digest:
             problems.append(f"{path}: checksum differs from {sums.name}")
     if tractor.resolve() not in listed:
         problems.append(f"{tractor}: not listed in {sums.name}")
