@@ -132,8 +132,8 @@ class LegacypipeSection:
     The launcher is ``command`` (e.g. ``["shifter", "--image=docker:legacysurvey/legacypipe:
     DR11.1.0", "python", "-O"]``), else ``python`` (a native install), else ``prefix`` or the
     prefix named by ``$LSDASK_LEGACYPIPE_PREFIX`` (built by the vendored ``build.sh``).
-    Reference catalogues default to the survey dir (``gaia/`` chunks, ``tycho2.kd.fits``) as
-    legacypipe's tests do.
+    Reference catalogues default to the survey dir (``gaia/`` chunks, ``tycho2.kd.fits``,
+    ``ps1/`` calibrators) as legacypipe's tests do.
     """
 
     python: Path | None = None
@@ -146,6 +146,7 @@ class LegacypipeSection:
     gaia_cat_prefix: str = "chunk"
     gaia_cat_scheme: str = "ring"
     tycho2_kd_dir: Path | None = None  # default <survey_dir>
+    ps1cat_dir: Path | None = None  # legacyzpts' PS1 calibrators; default <survey_dir>/ps1
     dust_dir: Path | None = None
     largegalaxies_cat: Path | None = None
     sky_template_dir: Path | None = None

@@ -3,7 +3,10 @@
 ``simulate_survey(survey_dir, SimConfig(...))`` writes, under ``survey_dir``::
 
     images/decam/CP/V4.8.2a/CP<night>/c4d_<yymmdd>_<hhmmss>_{ooi,oow,ood}_<band>_ls9.fits.fz
-    gaia/chunk-<healpix>.fits      reference stars (Gaia columns + mag_g/r/z, errors)
+    gaia/chunk-<healpix>.fits      reference stars (a real Gaia chunk's columns and types,
+                                   + mag_g/r/z, errors)
+    tycho2.kd.fits                 Tycho-2 stars (outside the images) as a star kd-tree
+    ps1/ps1-<healpix>.fits         Pan-STARRS1-like calibrators for legacyzpts
     truth/truth.fits               HDU TRUTH: sources (fluxes in nanomaggies);
                                    HDU CCDS: per CCD true zeropoint, FWHM, sky
     survey-bricks.fits.gz
@@ -174,19 +177,31 @@ def _truth_catalogue(cfg: SimConfig, rng: np.random.Generator,
     return t
 
 
-def _write_refcat(layout: ReleaseLayout, truth: np.ndarray, rng: np.random.Generator) -> list[Path]:
+def _write_refcat(layout: ReleaseLayout, truth: np.ndarray, rng: np.random.Generator,
+                  box: tuple[float, float, float, float]) -> list[Path]:
+    """Gaia chunks of every HEALPix touching ``box`` widened by 1 deg (as the real catalogue,
+    which has a chunk everywhere: legacypipe opens every chunk near a brick), empty where the
+    simulated sky has no reference star."""
     import fitsio
 
     ref = truth[truth["is_ref"]]
     n = len(ref)
     mags = {b: 22.5 - 2.5 * np.log10(ref[f"flux_{b}"]) for b in ("g", "r", "z")}
+    # the columns and types of a real Gaia chunk (legacypipe's reference.read_gaia reads them),
+    # then lsdask's simulated DECam-system magnitudes
     dt = [("source_id", "i8"), ("ra", "f8"), ("dec", "f8"), ("ra_error", "f4"),
           ("dec_error", "f4"), ("phot_g_mean_mag", "f4"), ("phot_g_mean_flux_over_error", "f4"),
-          ("phot_bp_mean_mag", "f4"), ("phot_bp_mean_flux_over_error", "f4"),
+          ("phot_g_n_obs", "i2"), ("phot_bp_mean_mag", "f4"),
+          ("phot_bp_mean_flux_over_error", "f4"), ("phot_bp_n_obs", "i2"),
           ("phot_rp_mean_mag", "f4"), ("phot_rp_mean_flux_over_error", "f4"),
-          ("astrometric_excess_noise", "f4"), ("duplicated_source", "?"), ("ref_epoch", "f4"),
-          ("parallax", "f4"), ("parallax_error", "f4"), ("pmra", "f4"), ("pmra_error", "f4"),
-          ("pmdec", "f4"), ("pmdec_error", "f4"), ("phot_variable_flag", "?"),
+          ("phot_rp_n_obs", "i2"), ("astrometric_weight_al", "f4"),
+          ("astrometric_n_obs_al", "i2"), ("astrometric_n_good_obs_al", "i2"),
+          ("astrometric_excess_noise", "f4"), ("astrometric_excess_noise_sig", "f4"),
+          ("duplicated_source", "?"), ("ref_epoch", "f4"), ("parallax", "f4"),
+          ("parallax_error", "f4"), ("pmra", "f4"), ("pmra_error", "f4"), ("pmdec", "f4"),
+          ("pmdec_error", "f4"), ("phot_variable_flag", "?"), ("a_g_val", "f4"),
+          ("e_bp_min_rp_val", "f4"), ("phot_bp_rp_excess_factor", "f4"),
+          ("astrometric_sigma5d_max", "f4"), ("astrometric_params_solved", "f4"),
           ("mag_g", "f4"), ("mag_g_err", "f4"), ("mag_r", "f4"), ("mag_r_err", "f4"),
           ("mag_z", "f4"), ("mag_z_err", "f4")]
     out = np.zeros(n, dtype=dt)
@@ -198,6 +213,17 @@ def _write_refcat(layout: ReleaseLayout, truth: np.ndarray, rng: np.random.Gener
     out["phot_bp_mean_mag"] = gg + 0.4 + 0.5 * (mags["g"] - mags["r"])
     out["phot_rp_mean_mag"] = gg - 0.5 - 0.4 * (mags["g"] - mags["r"])
     out["phot_g_mean_flux_over_error"] = 1000 * 10 ** (-0.4 * (gg - 17)).clip(0.01, 1)
+    out["phot_bp_mean_flux_over_error"] = out["phot_rp_mean_flux_over_error"] = (
+        0.3 * out["phot_g_mean_flux_over_error"])
+    # fixed stars of a well-measured 5-parameter solution: no proper motion, no parallax
+    out["phot_g_n_obs"], out["phot_bp_n_obs"], out["phot_rp_n_obs"] = 300, 30, 30
+    out["astrometric_n_obs_al"] = out["astrometric_n_good_obs_al"] = 300
+    out["astrometric_weight_al"] = 100.0
+    out["parallax_error"] = out["pmra_error"] = out["pmdec_error"] = 0.1
+    out["astrometric_sigma5d_max"] = 0.1
+    out["astrometric_params_solved"] = 31
+    out["phot_bp_rp_excess_factor"] = 1.2
+    out["a_g_val"] = out["e_bp_min_rp_val"] = np.nan
     out["ref_epoch"] = 2015.5
     for b in ("g", "r", "z"):
         err = np.hypot(0.004, 0.01 * 10 ** (0.4 * (mags[b] - 20.0)))
@@ -206,13 +232,106 @@ def _write_refcat(layout: ReleaseLayout, truth: np.ndarray, rng: np.random.Gener
     hp = healpix_ring(out["ra"], out["dec"])
     paths = []
     layout.gaia_dir.mkdir(parents=True, exist_ok=True)
-    for c in np.unique(hp):
+    for c in np.union1d(np.unique(hp), _near_healpixes(box)):
         p = layout.gaia_dir / chunk_name(int(c))
         with atomic_path(p) as tmp:
             with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
                 f.write(out[hp == c], extname="GAIA")
         paths.append(p)
     return paths
+
+
+# legacypipe's ps1cat.ps1_to_decam colour terms (polynomials in PS1 g-i), the facts that make
+# simulated PS1 magnitudes calibrate DECam images to the simulation's truth
+PS1_TO_DECAM = {"g": (0.00062, 0.03604, 0.01028, -0.00613),
+                "r": (0.00495, -0.08435, 0.03222, -0.01140),
+                "z": (0.02583, -0.07690, 0.02824, -0.00898)}
+PS1_BANDS = "grizY"
+
+
+def _near_healpixes(box: tuple[float, float, float, float], margin: float = 1.0) -> np.ndarray:
+    """HEALPix (nside 32, RING) pixels touching ``box`` widened by ``margin`` deg: a healpixed
+    reference catalogue has a file for each of them, as the real ones have everywhere."""
+    ra0, ra1, dec0, dec1 = box
+    dec0, dec1 = max(dec0 - margin, -90.0), min(dec1 + margin, 90.0)
+    wide = margin / max(math.cos(math.radians(max(abs(dec0), abs(dec1)))), 0.02)
+    rr, dd = np.meshgrid(np.linspace(ra0 - wide, ra1 + wide, 64), np.linspace(dec0, dec1, 64))
+    return np.unique(healpix_ring(np.mod(rr.ravel(), 360.0), dd.ravel()))
+
+
+def _write_ps1(layout: ReleaseLayout, truth: np.ndarray,
+               box: tuple[float, float, float, float]) -> list[Path]:
+    """Pan-STARRS1-like calibrators (``ps1/ps1-%05d.fits``, legacyzpts' ``PS1CAT_DIR``): the
+    reference stars with the columns legacyzpts reads (``obj_id, ra, dec, ra_ok, dec_ok,
+    nmag_ok[5], median[5]`` in grizY). Each star gets a PS1 g-i colour in legacyzpts'
+    calibrator range (0.4-2.7) and PS1 magnitudes that legacypipe's PS1->DECam colour terms
+    turn back into its true DECam g, r, z exactly."""
+    import fitsio
+
+    ref = truth[truth["is_ref"]]
+    dec_mag = {b: 22.5 - 2.5 * np.log10(ref[f"flux_{b}"]) for b in ("g", "r", "z")}
+    gi = np.clip(0.75 * (dec_mag["g"] - dec_mag["z"]), 0.5, 2.5)
+    ps1 = np.zeros((len(ref), 5), np.float32)
+    for b, coeffs in PS1_TO_DECAM.items():
+        term = sum(c * gi ** k for k, c in enumerate(coeffs))
+        ps1[:, PS1_BANDS.index(b)] = dec_mag[b] - term
+    ps1[:, 2] = ps1[:, 0] - gi  # i
+    ps1[:, 4] = ps1[:, 3]  # Y (not calibrated against)
+    dt = [("obj_id", "i8"), ("ra", "f8"), ("dec", "f8"), ("ra_ok", "f8"), ("dec_ok", "f8"),
+          ("epoch_mean", "f8"), ("nmag_ok", "i2", (5,)), ("median", "f4", (5,)),
+          ("median_err", "f4", (5,)), ("stdev", "f4", (5,))]
+    out = np.zeros(len(ref), dtype=dt)
+    out["obj_id"] = 100_000_000_000_000_000 + ref["objid"]
+    out["ra"] = out["ra_ok"] = ref["ra"]
+    out["dec"] = out["dec_ok"] = ref["dec"]
+    out["epoch_mean"] = 56000.0
+    out["nmag_ok"] = 10
+    out["median"] = ps1
+    out["median_err"] = out["stdev"] = 0.01
+    hp = healpix_ring(out["ra"], out["dec"])
+    layout.ps1_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for c in np.union1d(np.unique(hp), _near_healpixes(box)):
+        p = layout.ps1_dir / f"ps1-{int(c):05d}.fits"
+        with atomic_path(p) as tmp:
+            with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
+                f.write(out[hp == c], extname="PS1")
+        paths.append(p)
+    return paths
+
+
+TYCHO2_DTYPE = np.dtype([("tyc1", "i2"), ("tyc2", "i2"), ("tyc3", "u1"), ("ra", "f8"),
+                         ("dec", "f8"), ("mean_ra", "f8"), ("mean_dec", "f8"),
+                         ("sigma_ra", "f4"), ("sigma_dec", "f4"), ("pm_ra", "f4"),
+                         ("pm_dec", "f4"), ("sigma_pm_ra", "f4"), ("sigma_pm_dec", "f4"),
+                         ("epoch_ra", "f4"), ("epoch_dec", "f4"), ("mag_bt", "f4"),
+                         ("mag_vt", "f4"), ("mag_hp", "f4"), ("isgalaxy", "u1"), ("jmag", "f4"),
+                         ("hmag", "f4"), ("kmag", "f4"), ("zguess", "f4"), ("ggguess", "f4")])
+
+
+def _write_tycho2(layout: ReleaseLayout, box: tuple[float, float, float, float],
+                  rng: np.random.Generator, n: int = 4) -> Path:
+    """``tycho2.kd.fits``: the columns of NERSC's Tycho-2 reference file (legacypipe's
+    ``reference.read_tycho2`` reads them) as astrometry.net's star kd-tree. The simulated sky
+    has no star brighter than r = 15, so its Tycho-2 stars (V ~ 10-12) lie 0.3-0.6 deg
+    outside every image: legacypipe finds and reads them, and masks no simulated pixel."""
+    from .survey.startree import write_star_kdtree
+
+    ra0, ra1, dec0, dec1 = box
+    t = np.zeros(n, dtype=TYCHO2_DTYPE)
+    t["tyc1"], t["tyc2"], t["tyc3"] = 2525, 1000 + np.arange(n), 1
+    above = dec1 + rng.uniform(0.3, 0.6, n)
+    t["dec"] = t["mean_dec"] = np.minimum(above, 89.0)
+    t["ra"] = t["mean_ra"] = np.mod(rng.uniform(ra0, ra1, n), 360.0)
+    t["sigma_ra"] = t["sigma_dec"] = 2e-5  # deg
+    t["sigma_pm_ra"] = t["sigma_pm_dec"] = 0.002  # arcsec / yr
+    t["epoch_ra"] = t["epoch_dec"] = 1991.5
+    t["mag_vt"] = rng.uniform(10.0, 12.0, n)
+    t["mag_bt"] = t["mag_vt"] + 0.6
+    t["jmag"], t["hmag"], t["kmag"] = t["mag_vt"] - 1.2, t["mag_vt"] - 1.5, t["mag_vt"] - 1.6
+    t["zguess"] = t["mag_vt"] - 0.8
+    t["ggguess"] = t["mag_vt"] - 0.2
+    return write_star_kdtree(layout.tycho2_kd, t)
 
 
 @dataclass
@@ -469,9 +588,11 @@ def simulate_survey(survey_dir: str | Path, config: SimConfig | None = None,
             raise ConfigError(f"camera {cam.name} has no band {b!r} (has {cam.bands})")
     layout = ReleaseLayout(survey_dir)
     exps = _plan(cfg, cam, np.random.default_rng([cfg.seed, 3]))
-    truth = _truth_catalogue(cfg, np.random.default_rng([cfg.seed, 0]),
-                             _sky_box(cfg, cam, exps))
-    _write_refcat(layout, truth, np.random.default_rng([cfg.seed, 2]))
+    box = _sky_box(cfg, cam, exps)
+    truth = _truth_catalogue(cfg, np.random.default_rng([cfg.seed, 0]), box)
+    _write_refcat(layout, truth, np.random.default_rng([cfg.seed, 2]), box)
+    _write_tycho2(layout, box, np.random.default_rng([cfg.seed, 4]))
+    _write_ps1(layout, truth, box)
     names, rows = [], []
     for e in exps:
         fname, r = _write_exposure(layout, e, cam, cfg, truth)

@@ -66,3 +66,19 @@ def assert_same_catalogue(a: Path, b: Path) -> int:
             same = x == y
         assert np.all(same), f"column {c} differs between {a} and {b}"
     return len(ta)
+
+
+def ensure_tiles_file(prefix: Path) -> Path:
+    """legacyzpts' annotation reads ``legacyzpts/data/decam-tiles_obstatus.fits`` (the DECam
+    tiling: tile id -> pass, E(B-V)), a data file the vendored legacypipe source lacks. Write a
+    placeholder when it is missing, as build.sh does for the dust maps: tiles 0-99999, all
+    pass 0 and E(B-V) 0 (the simulated OBJECT names ``DECaLS_<n>_<band>`` carry small n)."""
+    data = prefix / "src" / "legacypipe" / "py" / "legacyzpts" / "data"
+    path = data / "decam-tiles_obstatus.fits"
+    if not path.exists():
+        t = np.zeros(100_000, dtype=[("tileid", "i4"), ("pass", "i2"), ("ebv_med", "f4")])
+        t["tileid"] = np.arange(len(t))
+        tmp = path.with_suffix(".tmp.fits")
+        fitsio.write(str(tmp), t, clobber=True)
+        os.replace(tmp, path)
+    return path

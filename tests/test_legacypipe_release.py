@@ -1,8 +1,8 @@
 """Releases whose runbrick is the real legacypipe: the simulated demo through the runner on
 a LocalCluster (compared with the simulation's truth) and one brick on the local Slurm.
 
-The demo here is ``lsdask demo --processor legacypipe`` (one brick) zoomed to its central
-300x300 pixels (CI time); lite makes the calibrations and zeropoints.
+The demo here is ``lsdask demo --processor legacypipe``: the central 800 x 800 pixels of one
+brick at DECam's 0.262"/px, with Gaia and Tycho-2; lite makes the calibrations and zeropoints.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import pytest
 from distributed import Client
 from legacypipe_stack import stack_prefix
 
-from lsdask.demo import DemoSettings, run_demo
+from lsdask.demo import LEGACYPIPE_ZOOM, DemoSettings, run_demo
 from lsdask.jobqueue import make_cluster
 from lsdask.release import Release
 from lsdask.survey.wcs import angular_separation
 
-ZOOM = (322, 622, 322, 622)  # the brick's centre: 300x300 pixels at 1"
+ZOOM = LEGACYPIPE_ZOOM  # the brick's centre: 800 x 800 pixels at DECam's 0.262"
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +40,32 @@ def demo(tmp_path_factory) -> tuple[Path, dict]:
     return d, s
 
 
-def truth_in(layout, brick: str) -> np.ndarray:
-    """Truth sources inside the brick's zoomed pixel grid (3 pixels from its edge)."""
+def truth_imaged(layout, brick: str) -> np.ndarray:
+    """Truth sources inside the brick's zoomed pixel grid (10 pixels from its edge) where
+    legacypipe's own ``nexp`` maps say every band has at least one exposure (one brick of
+    two dithered passes leaves CCD gaps and edges uncovered)."""
     from lsdask.config import RunbrickOptions
     from lsdask.processors.lite.runbrick import brick_wcs
     from lsdask.survey.bricks import brick_grid
 
-    opts = RunbrickOptions(width=944, height=944, pixscale=1.0, zoom=list(ZOOM))
+    s = DemoSettings.legacypipe(ZOOM)
+    opts = RunbrickOptions(width=s.brick_size, height=s.brick_size, pixscale=s.brick_pixscale,
+                           zoom=list(ZOOM))
     w = brick_wcs(brick_grid().brick(brick), opts)
     t = fitsio.read(str(layout.truth))
     x, y = w.radec_to_pixel(t["ra"], t["dec"])
-    inside = (x > 3) & (x < w.width - 3) & (y > 3) & (y < w.height - 3)
-    return t[inside]
+    inside = (x > 10) & (x < w.width - 10) & (y > 10) & (y < w.height - 10)
+    t, x, y = t[inside], np.round(x[inside]).astype(int), np.round(y[inside]).astype(int)
+    covered = np.ones(len(t), bool)
+    for band in s.bands:
+        nexp = fitsio.read(str(layout.coadd(brick, "nexp", band)))
+        covered &= nexp[y, x] > 0
+    return t[covered]
 
 
 def test_demo_legacypipe_against_truth(demo):
+    """legacypipe's runbrick, with Gaia and Tycho-2, reads lsdask's simulated survey, lite
+    calibrations and zeropoints as they are meant (issue 15)."""
     d, s = demo
     assert s["ok"], s["status"]
     assert s["processors"] == {"calibs": "lite", "zeropoints": "lite",
@@ -66,36 +77,50 @@ def test_demo_legacypipe_against_truth(demo):
     assert layout.survey_ccds_kd.exists()  # legacypipe's create_kdtrees ran in stage ccds
     # the ledger knows each brick ran legacypipe; logs start with the command line
     for b in bricks:
-        assert "+ . " in layout.log("runbrick", b).read_text()
-        assert "-m legacypipe.runbrick --brick " + b in layout.log("runbrick", b).read_text()
+        log = layout.log("runbrick", b).read_text()
+        assert "+ . " in log and "-m legacypipe.runbrick --brick " + b in log
+        assert "--no-gaia" not in log and "--no-tycho" not in log
     cat = np.concatenate([fitsio.read(str(layout.tractor(b))) for b in bricks])
-    # the whole-release stages read legacypipe's own (DR11) catalogues as DR9 rows
-    assert "pmra" not in cat.dtype.names and "ls_id_dr11" in cat.dtype.names
+    # legacypipe's own (DR11) catalogues, with the Gaia astrometry columns; the whole-release
+    # stages read them as DR9 rows
+    assert "ls_id_dr11" in cat.dtype.names and "pmra" in cat.dtype.names
     sweeps = sorted(layout.sweeps_dir.glob("sweep-*.fits"))
     swept = sum(len(fitsio.read(str(p), columns=["ra"])) for p in sweeps
                 if not p.name.endswith(("-lc.fits", "-ex.fits")))
     assert swept == int(cat["brick_primary"].sum()) > 0
-    truth = np.concatenate([truth_in(layout, b) for b in bricks])
-    # match each truth source with r < 21 (unsaturated) to the nearest catalogue source
-    bright = truth[(truth["flux_r"] > 10 ** ((22.5 - 21) / 2.5)) & (truth["flux_r"] < 250)]
-    sep = angular_separation(bright["ra"][:, None], bright["dec"][:, None],
+    # legacypipe read the simulated Gaia chunks: its Gaia sources are the reference stars
+    gaia = np.isin(np.char.strip(cat["ref_cat"].astype("U")), ["G2", "GE"])
+    assert gaia.sum() >= 20
+    assert not np.any(np.char.strip(cat["ref_cat"].astype("U")) == "T2")  # none in the images
+
+    truth = np.concatenate([truth_imaged(layout, b) for b in bricks])
+    sep = angular_separation(truth["ra"][:, None], truth["dec"][:, None],
                              cat["ra"][None, :], cat["dec"][None, :]) * 3600.0
     j = np.argmin(sep, axis=1)
-    found = sep[np.arange(len(bright)), j] < 1.0
-    completeness = found.mean()
-    stars = np.char.strip(bright["type"].astype("U")) == "PSF"
-    ratio_r = cat["flux_r"][j[found]] / bright["flux_r"][found]
-    print(f"legacypipe on the demo: {len(bright)} true sources 17<r<21, completeness "
-          f"{completeness:.3f}, median r flux ratio stars "
-          f"{np.median(ratio_r[stars[found]]):.3f}, galaxies "
-          f"{np.median(ratio_r[~stars[found]]):.3f}, median offset "
-          f"{np.median(sep[np.arange(len(bright)), j][found]):.3f}\"")
-    # astrometry and detection of the true stars hold; the photometry and typing do not yet:
-    # lsdask's simulated calibrations do not mean to legacypipe what they mean to lite
-    # (issue 15: measured star flux ratios 1.37-1.67, 14 % typed PSF on this zoom)
-    assert len(bright) >= 20 and stars.sum() >= 15
-    assert found[stars].mean() >= 0.75
-    assert np.median(sep[np.arange(len(bright)), j][found]) < 0.1
+    found = sep[np.arange(len(truth)), j] < 1.0
+    rmag = 22.5 - 2.5 * np.log10(np.maximum(truth["flux_r"], 1e-6))
+    star = np.char.strip(truth["type"].astype("U")) == "PSF"
+    mid = star & found & (rmag > 17) & (rmag < 21)
+    ratios = {b: np.median(cat[f"flux_{b}"][j[mid]] / truth[f"flux_{b}"][mid]) for b in "grz"}
+    typed = np.char.strip(cat["type"][j[mid]].astype("U"))
+    psf_frac = float(np.mean(typed == "PSF"))
+    bright = star & (rmag < 22)
+    completeness = float(found[bright].mean())
+    gal = ~star & found & (rmag < 21)
+    gal_ratios = {b: np.median(cat[f"flux_{b}"][j[gal]] / truth[f"flux_{b}"][gal])
+                  for b in "grz"}
+    print(f"legacypipe on the demo: {mid.sum()} stars 17<r<21: flux ratios "
+          + " ".join(f"{b} {v:.4f}" for b, v in ratios.items())
+          + f", {psf_frac:.3f} typed PSF; star completeness r<22 {completeness:.3f} of "
+          f"{bright.sum()}; {gal.sum()} galaxies r<21: flux ratios "
+          + " ".join(f"{b} {v:.4f}" for b, v in gal_ratios.items()))
+    assert mid.sum() >= 30 and gal.sum() >= 5
+    for b in "grz":
+        assert abs(ratios[b] - 1) < 0.02, (b, ratios)
+        assert abs(gal_ratios[b] - 1) < 0.05, (b, gal_ratios)
+    assert psf_frac >= 0.90
+    assert completeness >= 0.95
+    assert np.median(sep[np.arange(len(truth)), j][mid]) < 0.05
 
 
 @pytest.mark.slurm
@@ -153,7 +178,7 @@ def test_survey_ccds_merge_identical_to_legacyzpts_merge(demo, tmp_path):
     d, _ = demo
     layout = Release.from_config(d / "release.toml").layout
     images = sorted(p for p in layout.zpt_dir.rglob("*-annotated.fits"))
-    assert len(images) == 3
+    assert len(images) == 6
     ours = tmp_path / "ours.fits"
     ours.write_bytes(__import__("gzip").decompress(layout.survey_ccds.read_bytes()))
     # the merge orders exposures as the images stage does: give legacyzpts the same order
@@ -165,4 +190,4 @@ def test_survey_ccds_merge_identical_to_legacyzpts_merge(demo, tmp_path):
     rc = run_direct(stack_prefix(), ["--outname", str(theirs), *order], {},
                     tmp_path / "merge.log", module="legacyzpts.legacy_zeropoints_merge")
     assert rc == 0, (tmp_path / "merge.log").read_text()[-2000:]
-    assert assert_same_catalogue(ours, theirs) == 12
+    assert assert_same_catalogue(ours, theirs) == 24

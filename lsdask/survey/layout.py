@@ -105,6 +105,16 @@ class ReleaseLayout:
         return self.survey_dir / "survey-bricks.fits.gz"
 
     @property
+    def tycho2_kd(self) -> Path:
+        """Tycho-2 reference stars as a star kd-tree (legacypipe's ``TYCHO2_KD_DIR``)."""
+        return self.survey_dir / "tycho2.kd.fits"
+
+    @property
+    def ps1_dir(self) -> Path:
+        """Healpixed Pan-STARRS1 calibrators ``ps1-%05d.fits`` (legacyzpts' ``PS1CAT_DIR``)."""
+        return self.survey_dir / "ps1"
+
+    @property
     def gaia_dir(self) -> Path:
         """Reference star catalogue chunks (``chunk-*.fits``)."""
         return self.survey_dir / "gaia"

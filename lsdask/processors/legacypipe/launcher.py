@@ -113,6 +113,7 @@ def reference_env(settings: Any, survey_dir: Path) -> dict[str, str]:
         "GAIA_CAT_PREFIX": str(settings.gaia_cat_prefix),
         "GAIA_CAT_SCHEME": str(settings.gaia_cat_scheme),
         "TYCHO2_KD_DIR": str(settings.tycho2_kd_dir or survey_dir),
+        "PS1CAT_DIR": str(getattr(settings, "ps1cat_dir", None) or Path(survey_dir) / "ps1"),
         # one thread per legacypipe process: it parallelises with --threads itself
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "MPLBACKEND": "Agg", "PYTHONNOUSERSITE": "1",
