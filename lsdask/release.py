@@ -88,7 +88,14 @@ class Release:
         """Run ``stages`` (default: all) on ``client`` (default: a cluster from the config's
         profile, closed afterwards). ``force``: stage names to redo (True: all)."""
         from .graphs.stages import build, normalize_stages
-        from .jobqueue import adapt, close_cluster, make_cluster, max_cores, uses_resources
+        from .jobqueue import (
+            adapt,
+            close_cluster,
+            is_slurm,
+            max_cores,
+            release_cluster,
+            uses_resources,
+        )
 
         t0 = time.time()
         stages = normalize_stages(stages)
@@ -97,9 +104,8 @@ class Release:
         if client is None:
             from distributed import Client
 
-            own_cluster = make_cluster(self.config.cluster.profile,
-                                       account=self.config.cluster.account)
-            if getattr(own_cluster, "lsdask_kind", "local") == "slurm":
+            own_cluster = release_cluster(self.config)
+            if is_slurm(own_cluster):
                 adapt(own_cluster, self.config.cluster.adapt_min, self.config.cluster.adapt_max)
             client = Client(own_cluster)
         ledger = Ledger(self.layout.ledger)
@@ -316,8 +322,10 @@ def _performance_report(path: Path):
 
 
 def _link(client) -> str | None:
+    from .jobqueue import dashboard_link
+
     with contextlib.suppress(Exception):
-        return client.dashboard_link
+        return dashboard_link(client)
     return None
 
 
