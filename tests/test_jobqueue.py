@@ -189,3 +189,20 @@ def test_dashboard_link_jupyterhub_and_host(monkeypatch):
         assert dashboard_link(cluster).startswith("http://127.0.0.1:")
     finally:
         cluster.close()
+
+
+def test_launch_script_for_perlmutter(tmp_path, capsys, monkeypatch):
+    from lsdask.processors.testing import write_config
+
+    monkeypatch.delenv("LSDASK_ACCOUNT", raising=False)
+    cfg = write_config(tmp_path, bands=("g",), profile="perlmutter-cpu", name="dr11")
+    assert main(["launch", str(cfg), "--dry-run", "--account", "desi"]) == 0
+    script = open(capsys.readouterr().out.strip()).read()
+    assert "#SBATCH -q shared" in script and "#SBATCH -C cpu" in script
+    assert "#SBATCH -J lsdask-dr11-driver" in script and "#SBATCH -A desi" in script
+    assert "--profile perlmutter-cpu" in script and "--account desi" in script
+    assert main(["launch", str(cfg), "--dry-run", "--qos", "regular", "--walltime",
+                 "12:00:00"]) == 0
+    script = open(capsys.readouterr().out.strip().splitlines()[-1]).read()
+    assert "#SBATCH -q regular" in script and "-q shared" not in script
+    assert "#SBATCH -t 12:00:00" in script

@@ -78,3 +78,36 @@ def test_slurm_adapt_runbrick_and_scancel(release, tmp_path, monkeypatch):
     assert hist[-1]["slurm_job_id"] != cancelled["job"]
     assert len([k for w, k in completions(release.completions)
                 if w == "runbrick" and k == cancelled["brick"]]) == 1
+
+
+def test_launch_submits_the_driver_as_a_batch_job(release, tmp_path, capsys):
+    """`lsdask launch` writes an sbatch script running `lsdask run`, submits it, prints the
+    job id; the driver job runs the stages on Slurm workers (TLS) and exits 0."""
+    import time
+
+    from lsdask.cli import main
+
+    cfg = release.config.path
+    assert main(["launch", str(cfg), "--walltime", "00:20:00", "--stages", "images", "calibs"]
+                ) == 0
+    job = capsys.readouterr().out.strip()
+    assert job.isdigit()
+    script = next(release.layout.dask_logs_dir.glob("driver-*.sbatch")).read_text()
+    assert "#SBATCH -J lsdask-t-driver" in script and "#SBATCH -t 00:20:00" in script
+    assert "exec " in script and " run " in script and "--stages images calibs" in script
+    deadline = time.time() + 240
+    state = ""
+    while time.time() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                               text=True).stdout.strip()
+        if not state:
+            break
+        time.sleep(1)
+    log = release.layout.dask_logs_dir / f"driver-{job}.out"
+    text = log.read_text() if log.exists() else ""
+    assert not state, f"driver job {job} still {state}"
+    assert "lsdask run: ok" in text, text[-2000:]
+    assert "dashboard http://127.0.0.1:" in text
+    with release.ledger() as led:
+        rows = led.tasks("calibs", "succeeded")
+        assert rows and all(r["slurm_job_id"] and r["slurm_job_id"] != job for r in rows)

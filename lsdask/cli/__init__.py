@@ -27,6 +27,7 @@ COMMANDS = [
     "match",
     "depth",
     "run",
+    "launch",
     "status",
     "tasks",
     "retry",

@@ -118,6 +118,7 @@ class Profile:
     lifetime_margin: float = 0.0
     lifetime_stagger: float = 0.0
     distributed: dict[str, Any] = field(default_factory=dict)
+    driver: dict[str, Any] = field(default_factory=dict)  # `lsdask launch`'s batch job
 
     @classmethod
     def load(cls, name: str) -> Profile:
@@ -137,7 +138,8 @@ class Profile:
                    local=copy.deepcopy(extra.get("local-cluster", {})),
                    lifetime_margin=parse_seconds(extra.get("lifetime-margin", 0) or 0),
                    lifetime_stagger=parse_seconds(extra.get("lifetime-stagger", 0) or 0),
-                   distributed=copy.deepcopy(extra.get("distributed", {})))
+                   distributed=copy.deepcopy(extra.get("distributed", {})),
+                   driver=copy.deepcopy(extra.get("driver", {})))
 
     @property
     def is_slurm(self) -> bool:
