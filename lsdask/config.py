@@ -177,6 +177,9 @@ class ClusterOptions:
     walltime: str | None = None
     # any key of the profile's jobqueue section, e.g. {memory = "400GB", cores = 64}
     jobqueue: dict[str, str | int | float | bool | list[str]] = field(default_factory=dict)
+    # memory each task of a stage asks of its worker, e.g. {runbrick = "16GB"} (also learnt:
+    # 1.2 x the p95 peak RSS the ledger observed for the stage, whichever is larger)
+    task_memory: dict[str, str] = field(default_factory=dict)
     window: int = 1000  # tasks in flight at once
 
 

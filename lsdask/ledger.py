@@ -503,6 +503,21 @@ class Ledger:
             return [dict(r) for r in self._con.execute(
                 "SELECT * FROM tasks WHERE key = ? ORDER BY stage", (key,))]
 
+    def peak_rss_quantile(self, stage: str, q: float = 0.95, min_samples: int = 5,
+                          last: int = 1000) -> float | None:
+        """The ``q`` quantile of the peak RSS (bytes) of the stage's last ``last`` succeeded
+        attempts, or None with fewer than ``min_samples``."""
+        import numpy as np
+
+        with self._lock:
+            vals = [r[0] for r in self._con.execute(
+                "SELECT a.peak_rss FROM attempts a JOIN tasks t ON t.id = a.task_id "
+                "WHERE t.stage = ? AND a.state = 'succeeded' AND a.peak_rss > 0 "
+                "ORDER BY a.id DESC LIMIT ?", (stage, last))]
+        if len(vals) < min_samples:
+            return None
+        return float(np.quantile(vals, q))
+
     def attempts(self, stage: str, key: str) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(r) for r in self._con.execute(

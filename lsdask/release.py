@@ -95,6 +95,7 @@ class Release:
             max_cores,
             release_cluster,
             uses_resources,
+            worker_memory,
         )
 
         t0 = time.time()
@@ -121,6 +122,8 @@ class Release:
         result = RunResult(run_id, stages, RunSummary())
         try:
             ctx = Context(self.config, ledger, forced, max_cores=max_cores(client), child=child)
+            if uses_resources(client):
+                ctx.memory = memory_requests(self.config, ledger, worker_memory(client))
             report_path = None
             cm: Any = contextlib.nullcontext()
             if report and client is not None:
@@ -319,6 +322,41 @@ def _performance_report(path: Path):
         cm.__exit__(None, None, None)
     except Exception as e:  # noqa: BLE001
         log.warning("performance report not written: %s", e)
+
+
+#: Stages whose tasks ask for ``memory``, and the margin over the observed p95 peak RSS.
+MEMORY_STAGES = ("calibs", "zeropoints", "runbrick")
+MEMORY_MARGIN = 1.2
+
+
+def memory_requests(cfg: ReleaseConfig, ledger: Ledger, worker_mem: int | None
+                    ) -> dict[str, float]:
+    """Bytes each task of a stage asks of its worker (Dask resource ``memory``): the largest
+    of ``[cluster] task_memory``, runbrick's ``memory_limit_gb`` and 1.2 x the p95 peak RSS
+    the ledger observed for the stage; capped at one worker's memory. None of them: no ask.
+    Workers that do not advertise ``memory`` (``worker_mem`` None): no ask at all."""
+    import dask.utils
+
+    if not worker_mem:
+        return {}
+    out: dict[str, float] = {}
+    for stage in MEMORY_STAGES:
+        want = []
+        if cfg.cluster.task_memory.get(stage):
+            want.append(float(dask.utils.parse_bytes(cfg.cluster.task_memory[stage])))
+        if stage == "runbrick" and cfg.stages.runbrick.memory_limit_gb:
+            want.append(cfg.stages.runbrick.memory_limit_gb * 1e9)
+        seen = ledger.peak_rss_quantile(stage)
+        if seen:
+            want.append(seen * MEMORY_MARGIN)
+        if want:
+            req = max(want)
+            if req > worker_mem:
+                log.warning("%s tasks need %.1f GB, more than a worker has (%.1f GB): asking "
+                            "for a whole worker", stage, req / 1e9, worker_mem / 1e9)
+                req = float(worker_mem)
+            out[stage] = req
+    return out
 
 
 def _link(client) -> str | None:

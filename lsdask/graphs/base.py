@@ -48,6 +48,7 @@ class Context:
     force: frozenset[str] = frozenset()
     max_cores: int | None = None
     child: bool = True
+    memory: dict[str, float] = field(default_factory=dict)  # stage -> bytes asked per task
 
     @property
     def layout(self) -> ReleaseLayout:

@@ -104,14 +104,16 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
         calib_plan, _ = calibs_stage.plan(ctx, images)
         out.plans["calibs"] = calib_plan
         for k in calib_plan.todo:
-            calib_tasks[k] = Task(calibs_stage.spec(ctx, k, by_key[k]), priority=calibs_stage.PRIO)
+            calib_tasks[k] = Task(calibs_stage.spec(ctx, k, by_key[k]), priority=calibs_stage.PRIO,
+                                  memory_resource=ctx.memory.get("calibs"))
     if "zeropoints" in stages:
         zpt_plan, _ = zeropoints_stage.plan(ctx, images, failed_in(calib_plan, "calibs"))
         out.plans["zeropoints"] = zpt_plan
         for k in zpt_plan.todo:
             dep = [calib_tasks[k]] if k in calib_tasks else []
             zpt_tasks[k] = Task(zeropoints_stage.spec(ctx, k, by_key[k]), deps=dep,
-                                priority=zeropoints_stage.PRIO)
+                                priority=zeropoints_stage.PRIO,
+                                memory_resource=ctx.memory.get("zeropoints"))
     # a processor that reads survey-ccds itself (legacypipe) runs bricks after the merge
     needs_ccds = "runbrick" in stages and bool(
         ctx.processor_for("runbrick").has("RUNBRICK_NEEDS_SURVEY_CCDS"))
@@ -158,7 +160,8 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
                 deps, after = [ccds_task], len(images)
             brick_tasks.setdefault(after, []).append(
                 Task(runbrick_stage.spec(ctx, b, imgs), deps=deps,
-                     priority=runbrick_stage.PRIO, max_retries=opts.max_retries))
+                     priority=runbrick_stage.PRIO, max_retries=opts.max_retries,
+                     memory_resource=ctx.memory.get("runbrick")))
     # submission order: per exposure calibs, zeropoints, then bricks now unblocked
     tasks = list(brick_tasks.get(-1, []))
     for i, n in enumerate(images):

@@ -369,6 +369,20 @@ def max_memory(client) -> int | None:
     return int(got) if got else None
 
 
+def worker_memory(client) -> int | None:
+    """Memory (bytes) of the largest worker: advertised, or, before a Slurm cluster of ours
+    has workers, what its jobs will have; None when workers do not advertise ``memory``."""
+    got = max_memory(client)
+    if got:
+        return got
+    cluster = getattr(client, "cluster", None)
+    if getattr(cluster, "lsdask_profile", None) is not None and is_slurm(cluster):
+        with contextlib.suppress(Exception):
+            job = cluster._dummy_job
+            return int(job.worker_memory // job.worker_processes)
+    return None
+
+
 def close_cluster(client, cluster) -> None:
     """Shut down quietly: retire the workers first (so none is left heartbeating to a
     scheduler that is gone), then close the client and the cluster."""
