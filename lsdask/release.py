@@ -84,9 +84,10 @@ class Release:
     def run(self, client=None, stages: Sequence[str] | str | None = None,
             force: Sequence[str] | bool = (), progress: str | bool | None = None,
             window: int | None = None, report: bool = True, child: bool = True,
-            echo=None) -> RunResult:
+            echo=None, force_keys: dict[str, Sequence[str]] | None = None) -> RunResult:
         """Run ``stages`` (default: all) on ``client`` (default: a cluster from the config's
-        profile, closed afterwards). ``force``: stage names to redo (True: all)."""
+        profile, closed afterwards). ``force``: stage names to redo (True: all);
+        ``force_keys``: {stage: keys} to redo, with what is made from them (``lsdask rerun``)."""
         from .graphs.stages import build, normalize_stages
         from .jobqueue import (
             adapt,
@@ -121,7 +122,8 @@ class Release:
         outcome = "interrupted"
         result = RunResult(run_id, stages, RunSummary())
         try:
-            ctx = Context(self.config, ledger, forced, max_cores=max_cores(client), child=child)
+            ctx = Context(self.config, ledger, forced, max_cores=max_cores(client), child=child,
+                          force_keys={s: set(k) for s, k in (force_keys or {}).items()})
             if uses_resources(client):
                 ctx.memory = memory_requests(self.config, ledger, worker_memory(client))
             report_path = None

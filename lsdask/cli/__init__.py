@@ -31,6 +31,7 @@ COMMANDS = [
     "status",
     "tasks",
     "retry",
+    "rerun",
     "logs",
     "clean",
     "cluster",

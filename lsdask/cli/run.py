@@ -134,7 +134,8 @@ def run(args) -> int:
         if force is not None and len(force) == 0:
             force = True
         res = release.run(client, stages=args.stages, force=force or (),
-                          progress=False if args.no_progress else None, window=args.window)
+                          progress=False if args.no_progress else None, window=args.window,
+                          force_keys=getattr(args, "force_keys", None))
     except (KeyboardInterrupt, Terminated) as e:
         what = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated (SIGTERM)"
         print(f"lsdask run: {what}; run it again to resume", file=sys.stderr)

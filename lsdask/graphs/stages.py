@@ -71,6 +71,19 @@ class Build:
     table: Any = None
 
 
+def _force_downstream(ctx: Context, brick_images: dict[str, list[str]]) -> None:
+    """Keys redone on purpose (``lsdask rerun``) redo what is made from them: an image's
+    calibs its zeropoints, an image's zeropoints the bricks it touches."""
+    fk = ctx.force_keys
+    if fk.get("calibs"):
+        fk.setdefault("zeropoints", set()).update(fk["calibs"])
+    imgs = fk.get("zeropoints") or set()
+    if imgs:
+        fk.setdefault("runbrick", set()).update(
+            b for b, names in brick_images.items()
+            if any(images_stage.image_key(n) in imgs for n in names))
+
+
 def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
     """Plan the requested per-key stages and wire their tasks.
 
@@ -92,6 +105,7 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
     out.images, out.brick_images = images, brick_images
     by_key = {images_stage.image_key(n): n for n in images}
     order = {images_stage.image_key(n): i for i, n in enumerate(images)}
+    _force_downstream(ctx, brick_images)
 
     def failed_in(plan: Plan | None, what: str) -> Callable[[str], str | None]:
         bad = set(plan.failed) | set(plan.blocked) if plan is not None else set()
