@@ -111,3 +111,31 @@ def test_launch_submits_the_driver_as_a_batch_job(release, tmp_path, capsys):
     with release.ledger() as led:
         rows = led.tasks("calibs", "succeeded")
         assert rows and all(r["slurm_job_id"] and r["slurm_job_id"] != job for r in rows)
+
+
+def test_memory_packing_on_slurm_workers(tmp_path, monkeypatch, slurm):
+    """A 2-core 1 GB Slurm worker (TLS) runs 600 MB bricks one at a time."""
+    cfg = write_config(tmp_path, bands=("g",), profile="local-slurm")
+    cfg.write_text(cfg.read_text() + 'task_memory = { runbrick = "600MB" }\n')
+    rel = Release.from_config(cfg)
+    make_survey(rel.layout, nexp=3, bands=("g",))
+    monkeypatch.setenv("LSDASK_TESTING_SLEEP", "1")
+    cluster = make_cluster("local-slurm", log_directory=tmp_path / "jobs",
+                           options={"cores": 2, "memory": "1GB"})
+    try:
+        cluster.scale(jobs=1)
+        with Client(cluster) as client:
+            client.wait_for_workers(1, timeout=120)
+            res = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+            assert res == [{"cores": 2, "memory": 1e9}]
+            out = rel.run(client, stages=["images", "calibs", "zeropoints", "runbrick"],
+                          progress=False)
+            assert out.ok, out.summary.failed
+    finally:
+        cluster.close()
+    with rel.ledger() as led:
+        rows = led._con.execute(
+            "SELECT a.start, a.end FROM attempts a JOIN tasks t ON t.id = a.task_id "
+            "WHERE t.stage = 'runbrick' AND a.state = 'succeeded' ORDER BY a.start").fetchall()
+    assert len(rows) >= 3
+    assert all(s2 >= e1 for (_, e1), (s2, _) in zip(rows, rows[1:], strict=False))
