@@ -206,3 +206,20 @@ def test_launch_script_for_perlmutter(tmp_path, capsys, monkeypatch):
     script = open(capsys.readouterr().out.strip().splitlines()[-1]).read()
     assert "#SBATCH -q regular" in script and "-q shared" not in script
     assert "#SBATCH -t 12:00:00" in script
+
+
+@pytest.mark.slurm
+def test_plain_slurmcluster_config_name_on_local_slurm(slurm, tmp_path):
+    """dask-jobqueue alone, given only the profile name: the worker job starts, advertises
+    the profile's resources and computes."""
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    with SLURMCluster(config_name="local-slurm", log_directory=str(tmp_path)) as cluster:
+        assert "#SBATCH -J lsdask-worker" in cluster.job_script()
+        cluster.scale(jobs=1)
+        with Client(cluster) as client:
+            client.wait_for_workers(1, timeout=120)
+            res = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+            assert res == [{"cores": 1, "memory": 1e9}]
+            assert client.submit(lambda: 6 * 7, resources={"cores": 1}).result(timeout=60) == 42
