@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import importlib.util
 import os
 import socket
 import sys
@@ -38,16 +40,21 @@ JOBQUEUE_BUILTIN = ("htcondor", "local", "lsf", "moab", "oar", "pbs", "sge", "sl
 _COMPUTED = ("--resources", "--lifetime", "--lifetime-stagger")
 
 
+@functools.cache
+def slurm_defaults() -> dict[str, Any]:
+    """dask-jobqueue's ``jobqueue.slurm`` defaults, read from its YAML (no import: fast CLI)."""
+    spec = importlib.util.find_spec("dask_jobqueue")
+    path = Path(spec.origin).parent / "jobqueue.yaml"  # type: ignore[union-attr, arg-type]
+    return yaml.safe_load(path.read_text())["jobqueue"]["slurm"]
+
+
 def register() -> None:
     """Add lsdask's profiles to Dask's configuration defaults (user config keeps priority).
 
     Each ``jobqueue.<profile>`` section is completed with dask-jobqueue's ``jobqueue.slurm``
     defaults, because dask-jobqueue reads every key of its section."""
-    import dask_jobqueue
-
     data = yaml.safe_load(DEFAULTS.read_text())
-    base = yaml.safe_load((Path(dask_jobqueue.__file__).parent / "jobqueue.yaml").read_text())
-    slurm = base["jobqueue"]["slurm"]
+    slurm = slurm_defaults()
     data["jobqueue"] = {k: dask.config.merge(slurm, v) for k, v in data["jobqueue"].items()}
     with contextlib.suppress(Exception):
         dask.config.ensure_file(source=str(DEFAULTS))  # a commented copy to edit
@@ -130,7 +137,7 @@ class Profile:
                               f"{', '.join(profile_names())}; add one as a jobqueue.<name> "
                               f"section in ~/.config/dask/)")
         if jq is not None:  # a user's section: dask-jobqueue reads every key of jobqueue.slurm
-            full = dask.config.merge(dask.config.get("jobqueue.slurm"), jq)
+            full = dask.config.merge(slurm_defaults(), jq)
             if set(full) != set(jq):
                 dask.config.update(dask.config.config, {"jobqueue": {name: full}})
                 jq = full
@@ -165,7 +172,8 @@ class Profile:
         job name, account, QOS, walltime, lifetime and resources, TLS."""
         jq = dask.config.merge(self.jobqueue, {k.replace("_", "-"): v
                                                for k, v in (options or {}).items()})
-        kw: dict[str, Any] = {k.replace("-", "_"): v for k, v in (options or {}).items()}
+        kw: dict[str, Any] = {("job_name" if k == "name" else k.replace("-", "_")): v
+                              for k, v in (options or {}).items()}
         kw.update({k: v for k, v in overrides.items() if v is not None})
         if walltime:
             kw["walltime"] = walltime
@@ -360,6 +368,9 @@ def max_cores(client) -> int | None:
     prof = getattr(cluster, "lsdask_profile", None)
     if prof is None:
         return None
+    if is_slurm(cluster):
+        with contextlib.suppress(Exception):
+            return int(cluster._dummy_job.worker_process_threads)
     return int(getattr(cluster, "lsdask_cores", None) or prof.cores)
 
 
