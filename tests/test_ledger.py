@@ -120,10 +120,13 @@ def test_status_on_many_rows_uses_aggregate_sql(tmp_path):
 _READER = """
 import contextlib, io, json, sys, time
 from lsdask.cli import main
-cfg, until = sys.argv[1], float(sys.argv[2])
+cfg, duration = sys.argv[1], float(sys.argv[2])
 n = errors = 0
 worst = 0.0
 last = ""
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    warm = main(["status", cfg])  # imports; then the timed reads
+until = time.time() + duration
 while time.time() < until:
     out = io.StringIO()
     t0 = time.perf_counter()
@@ -133,7 +136,7 @@ while time.time() < until:
     n += 1
     errors += rc != 0
     last = out.getvalue()
-print(json.dumps({"reads": n, "errors": errors, "worst": worst, "last": last}))
+print(json.dumps({"reads": n, "errors": errors + (warm != 0), "worst": worst, "last": last}))
 """
 
 
@@ -156,13 +159,13 @@ def test_status_readers_in_other_processes_while_a_run_writes(tmp_path):
     led.start_run("hash", ["runbrick"])
     led.record("runbrick", "b00000", "succeeded", 1, wall=1.0, peak_rss=1e8)
     led.commit()
-    until = time.time() + 10
-    readers = [subprocess.Popen([sys.executable, "-c", _READER, str(cfg), str(until)],
+    readers = [subprocess.Popen([sys.executable, "-c", _READER, str(cfg), "6"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(3)]
     written, worst_commit = 1, 0.0
     try:
-        while time.time() < until + 0.5:
+        deadline = time.time() + 300
+        while any(p.poll() is None for p in readers) and time.time() < deadline:
             for _ in range(20):
                 led.record("runbrick", f"b{written:05d}", "succeeded", 1, wall=1.0,
                            peak_rss=1e8)
@@ -183,7 +186,7 @@ def test_status_readers_in_other_processes_while_a_run_writes(tmp_path):
           f"3 reader processes ran {reads} `lsdask status` (worst "
           f"{max(r['worst'] for r in res) * 1000:.0f} ms)")
     assert all(r["errors"] == 0 for r in res), res
-    assert all(r["reads"] >= 1 for r in res) and reads >= 6, res
+    assert all(r["reads"] >= 2 for r in res), res
     assert all("runbrick" in r["last"] for r in res)
     assert not path.with_name(path.name + "-wal").exists()
     assert not path.with_name(path.name + "-shm").exists()
