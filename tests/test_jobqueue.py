@@ -73,6 +73,7 @@ def test_user_dask_config_overrides_and_adds_profiles(tmp_path):
           perlmutter-cpu:
             memory: 400GB
             walltime: "12:00:00"
+            account: site-default
           mysite:
             cores: 8
             memory: 32GB
@@ -80,13 +81,15 @@ def test_user_dask_config_overrides_and_adds_profiles(tmp_path):
     """))
     code = ("from lsdask.jobqueue import job_script, profile_names\n"
             "print(profile_names())\n"
-            "print(job_script('perlmutter-cpu'))\nprint(job_script('mysite'))\n")
+            "print(job_script('perlmutter-cpu'))\nprint(job_script('mysite'))\n"
+            "print(job_script('perlmutter-cpu', account='cli-acct'))\n")
     env = dict(os.environ, DASK_CONFIG=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "'mysite'" in out.stdout
     assert "#SBATCH -t 12:00:00" in out.stdout and "memory=400000000000" in out.stdout
+    assert "#SBATCH -A site-default" in out.stdout and "#SBATCH -A cli-acct" in out.stdout
     assert "--lifetime 42300s" in out.stdout  # 12 h - 15 min
     assert "#SBATCH -p long" in out.stdout and "cores=8,memory=32000000000" in out.stdout
 

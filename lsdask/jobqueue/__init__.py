@@ -180,9 +180,11 @@ class Profile:
         wall = kw.get("walltime", jq.get("walltime"))
         if release:
             kw["job_name"] = f"lsdask-{release}"
-        acct = account or os.environ.get("LSDASK_ACCOUNT") or os.environ.get("SBATCH_ACCOUNT")
-        if acct and not jq.get("account") and "account" not in kw:
-            kw["account"] = acct
+        env_acct = os.environ.get("LSDASK_ACCOUNT") or os.environ.get("SBATCH_ACCOUNT")
+        if account:  # the command line or the release config: over the profile
+            kw["account"] = account
+        elif env_acct and not jq.get("account") and "account" not in kw:
+            kw["account"] = env_acct
         if qos:
             kw["job_extra_directives"] = _set_qos(
                 list(kw.get("job_extra_directives", jq.get("job-extra-directives")) or []), qos)
