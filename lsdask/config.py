@@ -167,10 +167,20 @@ class LegacypipeSection:
 
 @dataclass
 class ClusterOptions:
+    """``[cluster]``: the profile (a ``jobqueue.<name>`` Dask config section, see
+    ``lsdask.jobqueue``) and this release's overrides of it."""
+
     profile: str = "local"
     adapt_min: int = 0
     adapt_max: int = 4
     account: str | None = None
+    qos: str | None = None
+    walltime: str | None = None
+    # any key of the profile's jobqueue section, e.g. {memory = "400GB", cores = 64}
+    jobqueue: dict[str, str | int | float | bool | list[str]] = field(default_factory=dict)
+    # memory each task of a stage asks of its worker, e.g. {runbrick = "16GB"} (also learnt:
+    # 1.2 x the p95 peak RSS the ledger observed for the stage, whichever is larger)
+    task_memory: dict[str, str] = field(default_factory=dict)
     window: int = 1000  # tasks in flight at once
 
 
@@ -422,9 +432,9 @@ def _check_values(cfg: ReleaseConfig, file: str) -> None:
     if cfg.cluster.window < 1:
         raise bad("cluster.window", "must be >= 1")
     try:
-        from .jobqueue import profile_path
+        from .jobqueue import Profile
 
-        profile_path(cfg.cluster.profile)
+        Profile.load(cfg.cluster.profile)
     except ConfigError as e:
         raise bad("cluster.profile", str(e)) from None
 

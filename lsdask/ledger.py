@@ -1,7 +1,13 @@
 """The durable ledger of a release: every task, every attempt, every run.
 
-One SQLite file in the release directory (``layout.ledger``), WAL mode, written
-only by the driver (the lock guarantees one driver per release). Tables:
+One SQLite file in the release directory (``layout.ledger``), written only by the driver
+(the lock guarantees one driver per release). The release directory is on a network file
+system at NERSC (Lustre ``$SCRATCH``) and ``lsdask status`` runs from other hosts, so the
+ledger uses SQLite's rollback journal (``journal_mode=DELETE``, ``synchronous=FULL``), not
+WAL: "All processes using a database must be on the same host computer; WAL does not work
+over a network filesystem" (https://www.sqlite.org/wal.html). Readers take a shared lock
+for each query and never write. ``LSDASK_LEDGER_JOURNAL=wal`` brings WAL back for a release
+on a local disk. Tables:
 
 - ``tasks``: one row per (stage, key) with its current state (pending, running,
   succeeded, failed, blocked: an input failed upstream), attempt number, failures
@@ -139,6 +145,15 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def journal_mode() -> str:
+    """``DELETE`` (safe on network file systems), or ``WAL`` with LSDASK_LEDGER_JOURNAL=wal."""
+    mode = os.environ.get("LSDASK_LEDGER_JOURNAL", "delete").upper()
+    if mode not in ("DELETE", "TRUNCATE", "PERSIST", "WAL"):
+        raise LsdaskError(f"LSDASK_LEDGER_JOURNAL={mode.lower()}: use delete, truncate, "
+                          f"persist or wal")
+    return mode
+
+
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30,
@@ -147,8 +162,9 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(path, timeout=30, check_same_thread=False,
                               isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
+        mode = journal_mode()
+        con.execute(f"PRAGMA journal_mode={mode}")  # also turns an older WAL ledger back
+        con.execute(f"PRAGMA synchronous={'NORMAL' if mode == 'WAL' else 'FULL'}")
     con.row_factory = sqlite3.Row
     return con
 
@@ -486,6 +502,21 @@ class Ledger:
         with self._lock:
             return [dict(r) for r in self._con.execute(
                 "SELECT * FROM tasks WHERE key = ? ORDER BY stage", (key,))]
+
+    def peak_rss_quantile(self, stage: str, q: float = 0.95, min_samples: int = 5,
+                          last: int = 1000) -> float | None:
+        """The ``q`` quantile of the peak RSS (bytes) of the stage's last ``last`` succeeded
+        attempts, or None with fewer than ``min_samples``."""
+        import numpy as np
+
+        with self._lock:
+            vals = [r[0] for r in self._con.execute(
+                "SELECT a.peak_rss FROM attempts a JOIN tasks t ON t.id = a.task_id "
+                "WHERE t.stage = ? AND a.state = 'succeeded' AND a.peak_rss > 0 "
+                "ORDER BY a.id DESC LIMIT ?", (stage, last))]
+        if len(vals) < min_samples:
+            return None
+        return float(np.quantile(vals, q))
 
     def attempts(self, stage: str, key: str) -> list[dict[str, Any]]:
         with self._lock:

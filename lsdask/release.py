@@ -84,11 +84,20 @@ class Release:
     def run(self, client=None, stages: Sequence[str] | str | None = None,
             force: Sequence[str] | bool = (), progress: str | bool | None = None,
             window: int | None = None, report: bool = True, child: bool = True,
-            echo=None) -> RunResult:
+            echo=None, force_keys: dict[str, Sequence[str]] | None = None) -> RunResult:
         """Run ``stages`` (default: all) on ``client`` (default: a cluster from the config's
-        profile, closed afterwards). ``force``: stage names to redo (True: all)."""
+        profile, closed afterwards). ``force``: stage names to redo (True: all);
+        ``force_keys``: {stage: keys} to redo, with what is made from them (``lsdask rerun``)."""
         from .graphs.stages import build, normalize_stages
-        from .jobqueue import adapt, close_cluster, make_cluster, max_cores, uses_resources
+        from .jobqueue import (
+            adapt,
+            close_cluster,
+            is_slurm,
+            max_cores,
+            release_cluster,
+            uses_resources,
+            worker_memory,
+        )
 
         t0 = time.time()
         stages = normalize_stages(stages)
@@ -97,9 +106,8 @@ class Release:
         if client is None:
             from distributed import Client
 
-            own_cluster = make_cluster(self.config.cluster.profile,
-                                       account=self.config.cluster.account)
-            if getattr(own_cluster, "lsdask_kind", "local") == "slurm":
+            own_cluster = release_cluster(self.config)
+            if is_slurm(own_cluster):
                 adapt(own_cluster, self.config.cluster.adapt_min, self.config.cluster.adapt_max)
             client = Client(own_cluster)
         ledger = Ledger(self.layout.ledger)
@@ -114,7 +122,10 @@ class Release:
         outcome = "interrupted"
         result = RunResult(run_id, stages, RunSummary())
         try:
-            ctx = Context(self.config, ledger, forced, max_cores=max_cores(client), child=child)
+            ctx = Context(self.config, ledger, forced, max_cores=max_cores(client), child=child,
+                          force_keys={s: set(k) for s, k in (force_keys or {}).items()})
+            if uses_resources(client):
+                ctx.memory = memory_requests(self.config, ledger, worker_memory(client))
             report_path = None
             cm: Any = contextlib.nullcontext()
             if report and client is not None:
@@ -315,9 +326,46 @@ def _performance_report(path: Path):
         log.warning("performance report not written: %s", e)
 
 
+#: Stages whose tasks ask for ``memory``, and the margin over the observed p95 peak RSS.
+MEMORY_STAGES = ("calibs", "zeropoints", "runbrick")
+MEMORY_MARGIN = 1.2
+
+
+def memory_requests(cfg: ReleaseConfig, ledger: Ledger, worker_mem: int | None
+                    ) -> dict[str, float]:
+    """Bytes each task of a stage asks of its worker (Dask resource ``memory``): the largest
+    of ``[cluster] task_memory``, runbrick's ``memory_limit_gb`` and 1.2 x the p95 peak RSS
+    the ledger observed for the stage; capped at one worker's memory. None of them: no ask.
+    Workers that do not advertise ``memory`` (``worker_mem`` None): no ask at all."""
+    import dask.utils
+
+    if not worker_mem:
+        return {}
+    out: dict[str, float] = {}
+    for stage in MEMORY_STAGES:
+        want = []
+        if cfg.cluster.task_memory.get(stage):
+            want.append(float(dask.utils.parse_bytes(cfg.cluster.task_memory[stage])))
+        if stage == "runbrick" and cfg.stages.runbrick.memory_limit_gb:
+            want.append(cfg.stages.runbrick.memory_limit_gb * 1e9)
+        seen = ledger.peak_rss_quantile(stage)
+        if seen:
+            want.append(seen * MEMORY_MARGIN)
+        if want:
+            req = max(want)
+            if req > worker_mem:
+                log.warning("%s tasks need %.1f GB, more than a worker has (%.1f GB): asking "
+                            "for a whole worker", stage, req / 1e9, worker_mem / 1e9)
+                req = float(worker_mem)
+            out[stage] = req
+    return out
+
+
 def _link(client) -> str | None:
+    from .jobqueue import dashboard_link
+
     with contextlib.suppress(Exception):
-        return client.dashboard_link
+        return dashboard_link(client)
     return None
 
 

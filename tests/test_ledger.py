@@ -115,3 +115,84 @@ def test_status_on_many_rows_uses_aggregate_sql(tmp_path):
                             "TOTAL(wall*threads) FROM tasks GROUP BY stage, state, "
                             "failure_class").fetchall()
     assert any("COVERING INDEX" in str(tuple(r)) for r in plan)
+
+
+_READER = """
+import contextlib, io, json, sys, time
+from lsdask.cli import main
+cfg, duration = sys.argv[1], float(sys.argv[2])
+n = errors = 0
+worst = 0.0
+last = ""
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    warm = main(["status", cfg])  # imports; then the timed reads
+until = time.time() + duration
+while time.time() < until:
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        rc = main(["status", cfg])
+    worst = max(worst, time.perf_counter() - t0)
+    n += 1
+    errors += rc != 0
+    last = out.getvalue()
+print(json.dumps({"reads": n, "errors": errors + (warm != 0), "worst": worst, "last": last}))
+"""
+
+
+def test_status_readers_in_other_processes_while_a_run_writes(tmp_path):
+    """The ledger is in rollback-journal mode (no -wal/-shm: safe on Lustre/NFS); three
+    `lsdask status` reader processes loop while the driver records tasks; every read
+    succeeds, the writer is never refused, and the database is intact afterwards."""
+    import json
+    import sqlite3
+    import subprocess
+    import sys
+
+    from lsdask.processors.testing import write_config
+    from lsdask.release import Release
+
+    cfg = write_config(tmp_path, bands=("g",))
+    path = Release.from_config(cfg).layout.ledger
+    led = Ledger(path)
+    led.acquire()
+    led.start_run("hash", ["runbrick"])
+    led.record("runbrick", "b00000", "succeeded", 1, wall=1.0, peak_rss=1e8)
+    led.commit()
+    readers = [subprocess.Popen([sys.executable, "-c", _READER, str(cfg), "6"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(3)]
+    written, worst_commit = 1, 0.0
+    try:
+        deadline = time.time() + 300
+        while any(p.poll() is None for p in readers) and time.time() < deadline:
+            for _ in range(20):
+                led.record("runbrick", f"b{written:05d}", "succeeded", 1, wall=1.0,
+                           peak_rss=1e8)
+                written += 1
+            t0 = time.perf_counter()
+            led.commit()
+            worst_commit = max(worst_commit, time.perf_counter() - t0)
+            time.sleep(0.01)
+        outs = [p.communicate(timeout=120) for p in readers]
+    finally:
+        for p in readers:
+            p.kill()
+        led.end_run("ok")
+        led.close()
+    res = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    reads = sum(r["reads"] for r in res)
+    print(f"ledger: {written} tasks written (worst commit {worst_commit * 1000:.0f} ms) while "
+          f"3 reader processes ran {reads} `lsdask status` (worst "
+          f"{max(r['worst'] for r in res) * 1000:.0f} ms)")
+    assert all(r["errors"] == 0 for r in res), res
+    assert all(r["reads"] >= 2 for r in res), res
+    assert all("runbrick" in r["last"] for r in res)
+    assert not path.with_name(path.name + "-wal").exists()
+    assert not path.with_name(path.name + "-shm").exists()
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT COUNT(*) FROM tasks WHERE state='succeeded'").fetchone()[0] \
+        == written
+    con.close()

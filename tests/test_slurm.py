@@ -78,3 +78,64 @@ def test_slurm_adapt_runbrick_and_scancel(release, tmp_path, monkeypatch):
     assert hist[-1]["slurm_job_id"] != cancelled["job"]
     assert len([k for w, k in completions(release.completions)
                 if w == "runbrick" and k == cancelled["brick"]]) == 1
+
+
+def test_launch_submits_the_driver_as_a_batch_job(release, tmp_path, capsys):
+    """`lsdask launch` writes an sbatch script running `lsdask run`, submits it, prints the
+    job id; the driver job runs the stages on Slurm workers (TLS) and exits 0."""
+    import time
+
+    from lsdask.cli import main
+
+    cfg = release.config.path
+    assert main(["launch", str(cfg), "--walltime", "00:20:00", "--stages", "images", "calibs"]
+                ) == 0
+    job = capsys.readouterr().out.strip()
+    assert job.isdigit()
+    script = next(release.layout.dask_logs_dir.glob("driver-*.sbatch")).read_text()
+    assert "#SBATCH -J lsdask-t-driver" in script and "#SBATCH -t 00:20:00" in script
+    assert "exec " in script and " run " in script and "--stages images calibs" in script
+    deadline = time.time() + 240
+    state = ""
+    while time.time() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                               text=True).stdout.strip()
+        if not state:
+            break
+        time.sleep(1)
+    log = release.layout.dask_logs_dir / f"driver-{job}.out"
+    text = log.read_text() if log.exists() else ""
+    assert not state, f"driver job {job} still {state}"
+    assert "lsdask run: ok" in text, text[-2000:]
+    assert "dashboard http://127.0.0.1:" in text
+    with release.ledger() as led:
+        rows = led.tasks("calibs", "succeeded")
+        assert rows and all(r["slurm_job_id"] and r["slurm_job_id"] != job for r in rows)
+
+
+def test_memory_packing_on_slurm_workers(tmp_path, monkeypatch, slurm):
+    """A 2-core 1 GB Slurm worker (TLS) runs 600 MB bricks one at a time."""
+    cfg = write_config(tmp_path, bands=("g",), profile="local-slurm")
+    cfg.write_text(cfg.read_text() + 'task_memory = { runbrick = "600MB" }\n')
+    rel = Release.from_config(cfg)
+    make_survey(rel.layout, nexp=3, bands=("g",))
+    monkeypatch.setenv("LSDASK_TESTING_SLEEP", "1")
+    cluster = make_cluster("local-slurm", log_directory=tmp_path / "jobs",
+                           options={"cores": 2, "memory": "1GB"})
+    try:
+        cluster.scale(jobs=1)
+        with Client(cluster) as client:
+            client.wait_for_workers(1, timeout=120)
+            res = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+            assert res == [{"cores": 2, "memory": 1e9}]
+            out = rel.run(client, stages=["images", "calibs", "zeropoints", "runbrick"],
+                          progress=False)
+            assert out.ok, out.summary.failed
+    finally:
+        cluster.close()
+    with rel.ledger() as led:
+        rows = led._con.execute(
+            "SELECT a.start, a.end FROM attempts a JOIN tasks t ON t.id = a.task_id "
+            "WHERE t.stage = 'runbrick' AND a.state = 'succeeded' ORDER BY a.start").fetchall()
+    assert len(rows) >= 3
+    assert all(s2 >= e1 for (_, e1), (s2, _) in zip(rows, rows[1:], strict=False))

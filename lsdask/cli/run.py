@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
                    "sweeps match depth; 'all'; ranges like zeropoints:runbrick)")
     p.add_argument("--cluster", choices=["local", "slurm"],
                    help="cluster kind (default: from the profile)")
-    p.add_argument("--profile", help="cluster profile (default: the config's [cluster] profile, "
-                   "or local / local-slurm for --cluster)")
+    p.add_argument("--profile", help="cluster profile (default: the config's [cluster] profile)")
+    add_batch_options(p)
     p.add_argument("--adapt", nargs=2, type=int, metavar=("MIN", "MAX"),
                    help="adaptive scaling between MIN and MAX workers (slurm: jobs)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler to use instead")
@@ -30,15 +30,29 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def add_batch_options(p) -> None:
+    """``--qos/--walltime/--account``: override the profile (and the config)."""
+    p.add_argument("--qos", help="Slurm QOS of the worker jobs (NERSC: regular, debug, shared...)")
+    p.add_argument("--walltime", help="walltime of each worker job, HH:MM:SS")
+    p.add_argument("--account", help="Slurm account (default: the config's, $LSDASK_ACCOUNT)")
+
+
 def pick_profile(args, cfg) -> str:
-    if args.profile:
-        return args.profile
-    if args.cluster == "slurm":
-        prof = cfg.cluster.profile
-        return prof if prof not in ("local",) else "local-slurm"
-    if args.cluster == "local":
+    """The profile: --profile, else the config's; ``--cluster`` must agree with its kind."""
+    from ..errors import ConfigError
+    from ..jobqueue import Profile, profile_names
+
+    name = args.profile or cfg.cluster.profile
+    if args.cluster == "local" and not args.profile:
         return "local"
-    return cfg.cluster.profile
+    prof = Profile.load(name)
+    if args.cluster == "slurm" and not prof.is_slurm:
+        slurm = [n for n in profile_names() if Profile.load(n).is_slurm]
+        raise ConfigError(f"--cluster slurm needs a Slurm profile: --profile NAME or "
+                          f"[cluster] profile in the config (profiles: {', '.join(slurm)})")
+    if args.cluster == "local" and prof.is_slurm:
+        raise ConfigError(f"--cluster local with the Slurm profile {name!r}")
+    return name
 
 
 def quiet_dask(args) -> None:
@@ -87,7 +101,7 @@ def run(args) -> int:
     quiet_dask(args)
     from distributed import Client
 
-    from ..jobqueue import adapt, close_cluster, make_cluster
+    from ..jobqueue import adapt, close_cluster, dashboard_link, is_slurm, release_cluster
     from ..release import Terminated, release_from_arg
 
     release = release_from_arg(args.config)
@@ -102,14 +116,15 @@ def run(args) -> int:
         else:
             profile = pick_profile(args, cfg)
             with _sigint_ignored():
-                cluster = make_cluster(profile, account=cfg.cluster.account,
-                                       log_directory=cfg.layout.dask_logs_dir
-                                       if profile != "local" else None)
+                cluster = release_cluster(cfg, profile, log_directory=cfg.layout.dask_logs_dir,
+                                          qos=args.qos, walltime=args.walltime,
+                                          account=args.account)
             if args.adapt:
                 adapt(cluster, *args.adapt)
-            elif getattr(cluster, "lsdask_kind", "local") == "slurm":
+            elif is_slurm(cluster):
                 adapt(cluster, cfg.cluster.adapt_min, cfg.cluster.adapt_max)
             client = Client(cluster)
+            print(f"lsdask run: dashboard {dashboard_link(client)}", file=sys.stderr)
         if not getattr(args, "verbose", False):
             with contextlib.suppress(Exception):
                 from ..runner import QuietShutdownPlugin
@@ -119,7 +134,8 @@ def run(args) -> int:
         if force is not None and len(force) == 0:
             force = True
         res = release.run(client, stages=args.stages, force=force or (),
-                          progress=False if args.no_progress else None, window=args.window)
+                          progress=False if args.no_progress else None, window=args.window,
+                          force_keys=getattr(args, "force_keys", None))
     except (KeyboardInterrupt, Terminated) as e:
         what = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated (SIGTERM)"
         print(f"lsdask run: {what}; run it again to resume", file=sys.stderr)

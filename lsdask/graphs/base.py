@@ -48,6 +48,8 @@ class Context:
     force: frozenset[str] = frozenset()
     max_cores: int | None = None
     child: bool = True
+    memory: dict[str, float] = field(default_factory=dict)  # stage -> bytes asked per task
+    force_keys: dict[str, set[str]] = field(default_factory=dict)  # `lsdask rerun`: redo these
 
     @property
     def layout(self) -> ReleaseLayout:
@@ -61,7 +63,10 @@ class Context:
         """The processor of ``stage`` with its settings (``[legacypipe]`` for legacypipe)."""
         return self.config.processor_ref(stage)
 
-    def forced(self, stage: str) -> bool:
+    def forced(self, stage: str, key: str | None = None) -> bool:
+        """Redo the stage (or this key of it) even when its product is done."""
+        if key is not None and key in self.force_keys.get(stage, ()):
+            return True
         opts = getattr(self.config.stages, stage, None)
         return stage in self.force or "all" in self.force or bool(getattr(opts, "force", False))
 
@@ -92,9 +97,9 @@ def plan_keys(ctx: Context, stage: str, keys: Iterable[str],
     ``waiting(key)``: its inputs are being made in this run, so it is a task that decides
     whether it is done when it starts."""
     plan = Plan(stage)
-    force = ctx.forced(stage)
     states = ctx.ledger.states(stage) if ctx.ledger is not None else {}
     for k in keys:
+        force = ctx.forced(stage, k)
         if waiting is not None and waiting(k):
             plan.todo.append(k)
             continue

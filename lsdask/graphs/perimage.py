@@ -30,7 +30,7 @@ def spec(ctx: Context, stage: str, key: str, image_filename: str) -> TaskSpec:
                     {"stage": stage, "layout": ctx.layout,
                      "processor": ctx.processor_for(stage),
                      "image_filename": image_filename, "options": opts,
-                     "force": ctx.forced(stage)},
+                     "force": ctx.forced(stage, key)},
                     threads=1, timeout=opts.timeout, log=str(ctx.layout.log(stage, key)),
                     child=ctx.child, needs_deps=True)
 

@@ -100,7 +100,7 @@ def spec(ctx: Context, brick: str, images: list[str]) -> TaskSpec:
                      "brickname": brick,
                      "images": images, "bands": list(ctx.config.bands), "options": opts,
                      "release": ctx.config.release.release, "config_hash": ctx.config.hash(),
-                     "force": ctx.forced("runbrick")},
+                     "force": ctx.forced("runbrick", brick)},
                     threads=threads_for(ctx), memory_limit=mem, timeout=opts.timeout,
                     log=str(ctx.layout.log("runbrick", brick)), child=ctx.child,
                     needs_deps=True)

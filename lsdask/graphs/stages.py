@@ -71,6 +71,19 @@ class Build:
     table: Any = None
 
 
+def _force_downstream(ctx: Context, brick_images: dict[str, list[str]]) -> None:
+    """Keys redone on purpose (``lsdask rerun``) redo what is made from them: an image's
+    calibs its zeropoints, an image's zeropoints the bricks it touches."""
+    fk = ctx.force_keys
+    if fk.get("calibs"):
+        fk.setdefault("zeropoints", set()).update(fk["calibs"])
+    imgs = fk.get("zeropoints") or set()
+    if imgs:
+        fk.setdefault("runbrick", set()).update(
+            b for b, names in brick_images.items()
+            if any(images_stage.image_key(n) in imgs for n in names))
+
+
 def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
     """Plan the requested per-key stages and wire their tasks.
 
@@ -92,6 +105,7 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
     out.images, out.brick_images = images, brick_images
     by_key = {images_stage.image_key(n): n for n in images}
     order = {images_stage.image_key(n): i for i, n in enumerate(images)}
+    _force_downstream(ctx, brick_images)
 
     def failed_in(plan: Plan | None, what: str) -> Callable[[str], str | None]:
         bad = set(plan.failed) | set(plan.blocked) if plan is not None else set()
@@ -104,14 +118,16 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
         calib_plan, _ = calibs_stage.plan(ctx, images)
         out.plans["calibs"] = calib_plan
         for k in calib_plan.todo:
-            calib_tasks[k] = Task(calibs_stage.spec(ctx, k, by_key[k]), priority=calibs_stage.PRIO)
+            calib_tasks[k] = Task(calibs_stage.spec(ctx, k, by_key[k]), priority=calibs_stage.PRIO,
+                                  memory_resource=ctx.memory.get("calibs"))
     if "zeropoints" in stages:
         zpt_plan, _ = zeropoints_stage.plan(ctx, images, failed_in(calib_plan, "calibs"))
         out.plans["zeropoints"] = zpt_plan
         for k in zpt_plan.todo:
             dep = [calib_tasks[k]] if k in calib_tasks else []
             zpt_tasks[k] = Task(zeropoints_stage.spec(ctx, k, by_key[k]), deps=dep,
-                                priority=zeropoints_stage.PRIO)
+                                priority=zeropoints_stage.PRIO,
+                                memory_resource=ctx.memory.get("zeropoints"))
     # a processor that reads survey-ccds itself (legacypipe) runs bricks after the merge
     needs_ccds = "runbrick" in stages and bool(
         ctx.processor_for("runbrick").has("RUNBRICK_NEEDS_SURVEY_CCDS"))
@@ -158,7 +174,8 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
                 deps, after = [ccds_task], len(images)
             brick_tasks.setdefault(after, []).append(
                 Task(runbrick_stage.spec(ctx, b, imgs), deps=deps,
-                     priority=runbrick_stage.PRIO, max_retries=opts.max_retries))
+                     priority=runbrick_stage.PRIO, max_retries=opts.max_retries,
+                     memory_resource=ctx.memory.get("runbrick")))
     # submission order: per exposure calibs, zeropoints, then bricks now unblocked
     tasks = list(brick_tasks.get(-1, []))
     for i, n in enumerate(images):
