@@ -4,7 +4,7 @@ Example (every section but ``[release]`` is optional)::
 
     [release]
     name = "demo"              # used in product names (survey-ccds-demo.fits.gz ...)
-    release = 9999             # the tractor ``release`` number
+    release = 9010             # the tractor ``release`` number (DR9 DECam; see survey.releases)
     survey_dir = "$SCRATCH/demo/survey"
     release_dir = "$SCRATCH/demo/release"   # default: survey_dir
     cameras = ["decam"]
@@ -46,6 +46,7 @@ from typing import Any
 from .errors import ConfigError
 from .survey.layout import ReleaseLayout
 from .survey.regions import REGIONS, Region
+from .survey.releases import DEFAULT_RELEASE, release_problem
 
 
 @dataclass
@@ -178,7 +179,7 @@ class ReleaseSection:
     name: str
     survey_dir: Path
     release_dir: Path | None = None
-    release: int = 9999
+    release: int = DEFAULT_RELEASE  # 9010, DR9 DECam (lsdask.survey.releases)
     cameras: list[str] = field(default_factory=lambda: ["decam"])
     bands: list[str] = field(default_factory=lambda: ["g", "r", "z"])
     processor: str = "lite"
@@ -405,6 +406,9 @@ def _check_values(cfg: ReleaseConfig, file: str) -> None:
             raise bad("release.bands", f"unknown band {b!r} (known: {', '.join(BANDS)})")
     if not cfg.release.bands:
         raise bad("release.bands", "no bands")
+    why = release_problem(cfg.release.release, cfg.release.cameras)
+    if why:
+        raise bad("release.release", why)
     st = cfg.stages
     if st.runbrick.resample_kernel not in KERNELS:
         raise bad("stages.runbrick.resample_kernel",
