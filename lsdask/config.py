@@ -46,7 +46,7 @@ from typing import Any
 from .errors import ConfigError
 from .survey.layout import ReleaseLayout
 from .survey.regions import REGIONS, Region
-from .survey.releases import DEFAULT_RELEASE, release_problem
+from .survey.releases import DEFAULT_RELEASE, release_problem, sweep_version
 
 
 @dataclass
@@ -214,7 +214,8 @@ class ReleaseConfig:
 
     @property
     def layout(self) -> ReleaseLayout:
-        return ReleaseLayout(self.release.survey_dir, self.release.release_dir, self.release.name)
+        return ReleaseLayout(self.release.survey_dir, self.release.release_dir, self.release.name,
+                             sweep_version(self.release.release))
 
     def processor_name(self, stage: str) -> str:
         """The processor of ``stage``: ``[stages.<stage>] processor``, else ``[release]``'s."""

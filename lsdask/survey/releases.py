@@ -13,7 +13,8 @@ lsdask writes the DR9 tractor datamodel (g, r, z + WISE, no i band), so its defa
 to 'S'. 10000 (DR10 DECam, 'S') is accepted too, though real DR10 files carry the DR10
 datamodel (with the i band) rather than the DR9 one lsdask writes.
 
-API: :data:`RELEASES`, :data:`DEFAULT_RELEASE`, :func:`photsys`, :func:`release_problem`.
+API: :data:`RELEASES`, :data:`DEFAULT_RELEASE`, :func:`photsys`, :func:`release_problem`,
+:func:`sweep_version`.
 """
 
 from __future__ import annotations
@@ -81,3 +82,9 @@ def release_problem(release: int, cameras: list[str]) -> str | None:
         return (f"{release} is a '{have}' ({RELEASES[release].note}) release but cameras "
                 f"{cameras} are '{want.pop()}'; use {other}")
     return None
+
+
+def sweep_version(release: int) -> str:
+    """The public sweep folder version of a release: ``sweep/9.0`` for DR9 (9010),
+    ``sweep/10.0`` for DR10 (10000)."""
+    return f"{release // 1000}.0"
