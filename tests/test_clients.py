@@ -306,3 +306,41 @@ def test_legacypipe_reads_tractor_catalogues(demo_release, tmp_path):
                                        10 ** (-sfd[k] * t["ebv"] / 2.5), rtol=1e-6)
         nsrc += r["sources"]
     print(f"legacypipe read_fits_catalog: {len(files)} tractor files, {nsrc} sources")
+
+
+def test_hats_catalogue_read_and_crossmatched_by_lsdb(demo_release):
+    """The sweeps exported with hats-import (catalogue + margin cache) through the stage
+    protocol; LSDB reads every sweep row and its crossmatch of the demo's external targets
+    gives the same nearest primary source as lsdask's own match stage."""
+    from lsdask.graphs import hats
+    from lsdask.graphs.base import Context
+    from lsdask.graphs.match import _output
+
+    rel = demo_release
+    layout, ctx = rel.layout, Context(rel.config)
+    inputs = hats.stage_inputs(ctx)
+    assert not hats.is_done(ctx, inputs)
+    out = hats.STAGE.task(ctx, inputs, None)
+    assert hats.is_done(ctx, inputs) and not hats.is_done(ctx, {**inputs, "margin": 1.0})
+    nsweep = sum(fitsio.read_header(str(p), ext=1)["NAXIS2"] for p in _sweeps(rel))
+    assert out["rows"] == nsweep > 0
+    cat = hats.read_hats(layout)
+    assert cat.margin is not None
+    df = cat.compute()
+    assert len(df) == nsweep and set(zip(df["BRICKID"], df["OBJID"], strict=True)) == {
+        (int(r["BRICKID"]), int(r["OBJID"])) for p in _sweeps(rel)
+        for r in fitsio.read(str(p), columns=["BRICKID", "OBJID"])}
+    opts = rel.config.stages.match
+    ext = fitsio.read(str(opts.external))
+    x = hats.crossmatch(layout, ext["RA"], ext["DEC"], radius_arcsec=opts.radius)
+    lsdb_pairs = {int(i): (int(b), int(o)) for i, b, o in
+                  zip(x["INDEX"], x["BRICKID_ls"], x["OBJID_ls"], strict=True)}
+    ours = fitsio.read(str(_output(ctx)), columns=["BRICKID", "OBJID"])
+    own_pairs = {i: (int(r["BRICKID"]), int(r["OBJID"])) for i, r in enumerate(ours)
+                 if r["OBJID"] >= 0}
+    print(f"hats-import: {out['rows']} rows; LSDB crossmatch: {len(lsdb_pairs)} of {len(ext)} "
+          f"targets matched, lsdask match: {len(own_pairs)}")
+    assert len(own_pairs) >= 50 and lsdb_pairs == own_pairs
+    # a product file lost: not done any more
+    next(p for p in layout.hats_catalog.rglob("*.parquet")).unlink()
+    assert not hats.is_done(ctx, inputs)

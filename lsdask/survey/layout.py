@@ -283,6 +283,20 @@ class ReleaseLayout:
         return self.sweep_shares / f"box={box}" / f"{brick}.share"
 
     @property
+    def hats_dir(self) -> Path:
+        """HATS catalogues of the release (``hats/``), for LSDB."""
+        return self.release_dir / "hats"
+
+    @property
+    def hats_catalog(self) -> Path:
+        """The sweeps as a HATS catalogue: ``hats/<release name>``."""
+        return self.hats_dir / self.name
+
+    def hats_margin(self, arcsec: float) -> Path:
+        """Its margin cache: ``hats/<release name>_<arcsec>arcs``."""
+        return self.hats_dir / f"{self.name}_{arcsec:g}arcs"
+
+    @property
     def external_dir(self) -> Path:
         return self.release_dir / "external"
 
