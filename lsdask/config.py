@@ -115,6 +115,13 @@ class MatchOptions:
 
 
 @dataclass
+class HatsOptions:
+    enabled: bool = False  # export the sweeps as a HATS catalogue (needs lsdask[hats])
+    force: bool = False
+    margin_arcsec: float = 10.0  # margin cache width
+
+
+@dataclass
 class StagesOptions:
     images: ImagesOptions = field(default_factory=ImagesOptions)
     calibs: CalibsOptions = field(default_factory=CalibsOptions)
@@ -124,6 +131,7 @@ class StagesOptions:
     runbrick: RunbrickOptions = field(default_factory=RunbrickOptions)
     sweeps: SweepsOptions = field(default_factory=SweepsOptions)
     match: MatchOptions = field(default_factory=MatchOptions)
+    hats: HatsOptions = field(default_factory=HatsOptions)
 
 
 @dataclass
@@ -421,6 +429,8 @@ def _check_values(cfg: ReleaseConfig, file: str) -> None:
         raise bad("stages.runbrick.max_retries", "must be >= 0")
     if st.runbrick.memory_limit_gb is not None and st.runbrick.memory_limit_gb <= 0:
         raise bad("stages.runbrick.memory_limit_gb", "must be > 0")
+    if st.hats.margin_arcsec <= 0:
+        raise bad("stages.hats.margin_arcsec", "must be > 0 arcsec")
     if st.match.radius <= 0:
         raise bad("stages.match.radius", "must be > 0 arcsec")
     if cfg.cluster.window < 1:

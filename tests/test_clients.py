@@ -344,3 +344,21 @@ def test_hats_catalogue_read_and_crossmatched_by_lsdb(demo_release):
     # a product file lost: not done any more
     next(p for p in layout.hats_catalog.rglob("*.parquet")).unlink()
     assert not hats.is_done(ctx, inputs)
+    # as a release stage: off unless configured (no ledger row); on, redone, then skipped
+    import dataclasses
+
+    from distributed import LocalCluster
+
+    from lsdask.config import HatsOptions
+
+    on = Release(dataclasses.replace(rel.config, stages=dataclasses.replace(
+        rel.config.stages, hats=HatsOptions(enabled=True))))
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as lc, \
+            Client(lc) as client:
+        assert rel.run(client, stages=["hats"], progress=False).post["hats"] is None
+        assert "hats" not in set(rel.status().index)
+        res = on.run(client, stages=["hats"], progress=False)
+        assert res.ok and res.post["hats"]["rows"] == nsweep and hats.is_done(ctx, inputs)
+        again = on.run(client, stages=["hats"], progress=False)
+        assert again.post["hats"] == {"skipped": True}
+    assert on.status().loc["hats", "succeeded"] == 1

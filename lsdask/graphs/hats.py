@@ -6,8 +6,8 @@ release's Dask client) into ``hats/<name>`` and ``hats/<name>_<r>arcs``; LSDB re
 ``lsdb.read_hats(catalog, margin_cache=margin)``. Both are built in a hidden folder beside them
 and moved into place, then stamped with the sweeps they were made from, so "done" means the
 same here as everywhere: the stamp records the current sweeps and every file it lists is there
-with its size. hats-import and LSDB are optional (``pip install lsdask[hats]``); they are
-imported only when the stage runs.
+with its size. The stage is opt-in (``[stages.hats] enabled = true``, ``margin_arcsec``);
+hats-import and LSDB are optional (``pip install lsdask[hats]``), imported only when it runs.
 
 API: :func:`run_hats`, :func:`read_hats`, :func:`crossmatch`, :data:`STAGE`.
 """
@@ -109,17 +109,21 @@ def crossmatch(layout, ra, dec, radius_arcsec: float = 1.5,
 
 
 # -- the stage protocol (see graphs/base.py) -------------------------------------------------
+def configured(ctx) -> bool:
+    """Opt-in: ``[stages.hats] enabled = true``."""
+    return ctx.config.stages.hats.enabled
+
+
 def stage_inputs(ctx) -> dict:
     """What the HATS catalogue is made from: the sweeps manifest (box -> bricks and their
-    tractor checksums) and the margin width."""
+    tractor checksums; None before the sweeps exist) and the margin width."""
     m = ctx.layout.sweeps_manifest
-    if not m.is_file():
-        raise InputError(f"{m}: no sweeps manifest (run sweeps)")
-    return {"sweeps": json.loads(m.read_text()), "margin": MARGIN_ARCSEC}
+    return {"sweeps": json.loads(m.read_text()) if m.is_file() else None,
+            "margin": ctx.config.stages.hats.margin_arcsec}
 
 
-def _products(layout) -> list[Path]:
-    return sorted(p for d in (layout.hats_catalog, layout.hats_margin(MARGIN_ARCSEC))
+def _products(layout, margin_arcsec: float) -> list[Path]:
+    return sorted(p for d in (layout.hats_catalog, layout.hats_margin(margin_arcsec))
                   for p in d.rglob("*") if p.is_file())
 
 
@@ -132,16 +136,18 @@ def is_done(ctx, inputs: dict) -> bool:
 def stage_task(ctx, inputs: dict, client=None) -> dict:
     from ..done import fingerprint, write_stamp
 
-    out = run_hats(ctx.layout, client=client)
+    margin = inputs["margin"]
+    out = run_hats(ctx.layout, client=client, margin_arcsec=margin)
     write_stamp(ctx.layout.stamp(ctx.layout.hats_catalog), fingerprint(inputs),
-                _products(ctx.layout))
+                _products(ctx.layout, margin))
     return out
 
 
 def _stage():
     from .base import WholeStage
 
-    return WholeStage("hats", stage_inputs, is_done, stage_task, needs=("sweeps",))
+    return WholeStage("hats", stage_inputs, is_done, stage_task, needs=("sweeps",),
+                      configured=configured)
 
 
 STAGE = _stage()
