@@ -37,7 +37,7 @@ SCRIPT = (Path(__file__).resolve().parents[2] / "shared" / "vendor" / "legacypip
 
 
 def _clean(layout) -> None:
-    for d in (layout.parquet_dir, layout.sweeps_dir):
+    for d in (layout.parquet_dir, layout.sweeps_root):
         shutil.rmtree(d, ignore_errors=True)
 
 

@@ -4,7 +4,7 @@ Example (every section but ``[release]`` is optional)::
 
     [release]
     name = "demo"              # used in product names (survey-ccds-demo.fits.gz ...)
-    release = 9999             # the tractor ``release`` number
+    release = 9010             # the tractor ``release`` number (DR9 DECam; see survey.releases)
     survey_dir = "$SCRATCH/demo/survey"
     release_dir = "$SCRATCH/demo/release"   # default: survey_dir
     cameras = ["decam"]
@@ -46,6 +46,7 @@ from typing import Any
 from .errors import ConfigError
 from .survey.layout import ReleaseLayout
 from .survey.regions import REGIONS, Region
+from .survey.releases import DEFAULT_RELEASE, release_problem, sweep_version
 
 
 @dataclass
@@ -114,6 +115,13 @@ class MatchOptions:
 
 
 @dataclass
+class HatsOptions:
+    enabled: bool = False  # export the sweeps as a HATS catalogue (needs lsdask[hats])
+    force: bool = False
+    margin_arcsec: float = 10.0  # margin cache width
+
+
+@dataclass
 class StagesOptions:
     images: ImagesOptions = field(default_factory=ImagesOptions)
     calibs: CalibsOptions = field(default_factory=CalibsOptions)
@@ -123,6 +131,7 @@ class StagesOptions:
     runbrick: RunbrickOptions = field(default_factory=RunbrickOptions)
     sweeps: SweepsOptions = field(default_factory=SweepsOptions)
     match: MatchOptions = field(default_factory=MatchOptions)
+    hats: HatsOptions = field(default_factory=HatsOptions)
 
 
 @dataclass
@@ -189,7 +198,7 @@ class ReleaseSection:
     name: str
     survey_dir: Path
     release_dir: Path | None = None
-    release: int = 9999
+    release: int = DEFAULT_RELEASE  # 9010, DR9 DECam (lsdask.survey.releases)
     cameras: list[str] = field(default_factory=lambda: ["decam"])
     bands: list[str] = field(default_factory=lambda: ["g", "r", "z"])
     processor: str = "lite"
@@ -224,7 +233,8 @@ class ReleaseConfig:
 
     @property
     def layout(self) -> ReleaseLayout:
-        return ReleaseLayout(self.release.survey_dir, self.release.release_dir, self.release.name)
+        return ReleaseLayout(self.release.survey_dir, self.release.release_dir, self.release.name,
+                             sweep_version(self.release.release))
 
     def processor_name(self, stage: str) -> str:
         """The processor of ``stage``: ``[stages.<stage>] processor``, else ``[release]``'s."""
@@ -416,6 +426,9 @@ def _check_values(cfg: ReleaseConfig, file: str) -> None:
             raise bad("release.bands", f"unknown band {b!r} (known: {', '.join(BANDS)})")
     if not cfg.release.bands:
         raise bad("release.bands", "no bands")
+    why = release_problem(cfg.release.release, cfg.release.cameras)
+    if why:
+        raise bad("release.release", why)
     st = cfg.stages
     if st.runbrick.resample_kernel not in KERNELS:
         raise bad("stages.runbrick.resample_kernel",
@@ -427,6 +440,8 @@ def _check_values(cfg: ReleaseConfig, file: str) -> None:
         raise bad("stages.runbrick.max_retries", "must be >= 0")
     if st.runbrick.memory_limit_gb is not None and st.runbrick.memory_limit_gb <= 0:
         raise bad("stages.runbrick.memory_limit_gb", "must be > 0")
+    if st.hats.margin_arcsec <= 0:
+        raise bad("stages.hats.margin_arcsec", "must be > 0 arcsec")
     if st.match.radius <= 0:
         raise bad("stages.match.radius", "must be > 0 arcsec")
     if cfg.cluster.window < 1:

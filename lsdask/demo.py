@@ -80,6 +80,8 @@ DEMO_EXTERNAL = "demo-targets.fits"
 
 def demo_config_toml(directory: Path, s: DemoSettings | None = None) -> str:
     """The demo's release configuration (TOML text)."""
+    from .survey.releases import DEFAULT_RELEASE
+
     s = s or DemoSettings()
     bands = ", ".join(f'"{b}"' for b in s.bands)
     runbrick_extra = ""
@@ -94,7 +96,7 @@ def demo_config_toml(directory: Path, s: DemoSettings | None = None) -> str:
     return f"""# lsdask demo release (written by `lsdask demo`)
 [release]
 name = "{s.name}"
-release = 9999
+release = {DEFAULT_RELEASE}  # DR9 DECam (lsdask.survey.releases)
 survey_dir = "survey"
 release_dir = "release"
 cameras = ["decam"]

@@ -174,7 +174,7 @@ class Release:
         from .task import classify
 
         st = whole_stage(stage)
-        if st is None:
+        if st is None or not st.configured(ctx):
             return None
         ledger.ensure_tasks(stage, [stage])
         failed = [n for n in st.needs if isinstance(before.get(n), dict)

@@ -2,6 +2,7 @@
 
 import textwrap
 
+import numpy as np
 import pytest
 
 from lsdask.config import load_config
@@ -78,12 +79,36 @@ def test_builtin_region_and_defaults(tmp_path):
      r"'region.ra' must be a list of two numbers"),
     ('[stages]\n', r"missing required table '\[release\]'"),
     ('[release\nname = 1', r"not valid TOML"),
+    ('[release]\nname = "x"\nsurvey_dir = "/tmp"\nrelease = 9999\n',
+     r"'release.release': 9999 is not a Legacy Surveys release number .*desitarget.* use 9010"),
+    ('[release]\nname = "x"\nsurvey_dir = "/tmp"\nrelease = 9011\n',
+     r"'release.release': 9011 is a 'N' .* cameras \['decam'\] are 'S'; use 9010"),
+    ('[release]\nname = "x"\nsurvey_dir = "/tmp"\ncameras = ["mosaic", "90prime"]\n',
+     r"'release.release': 9010 is a 'S' .* are 'N'; use 9011"),
+    ('[release]\nname = "x"\nsurvey_dir = "/tmp"\ncameras = ["decam", "mosaic"]\n'
+     'release = 9011\n', r"'release.release': cameras of both photometric systems"),
 ])
 def test_errors_name_file_and_key(tmp_path, text, match):
     p = _write(tmp_path, text, "bad.toml")
     with pytest.raises(ConfigError, match=match) as e:
         load_config(p)
     assert "bad.toml" in str(e.value)
+
+
+def test_release_numbers_desitarget_knows(tmp_path):
+    """The default is DR9 DECam (9010); the north cameras take 9011; every accepted number
+    is one desitarget maps to the camera's photometric system."""
+    from lsdask.survey.releases import RELEASES, photsys
+
+    cfg = load_config(_write(tmp_path, '[release]\nname = "x"\nsurvey_dir = "/tmp"\n'))
+    assert cfg.release.release == 9010 and photsys(9010) == "S"
+    north = load_config(_write(tmp_path, '[release]\nname = "x"\nsurvey_dir = "/tmp"\n'
+                               'cameras = ["mosaic", "90prime"]\nrelease = 9011\n'))
+    assert north.release.release == 9011 and photsys(9011) == "N"
+    from desitarget import io
+    assert {r: i.photsys for r, i in RELEASES.items()} == {
+        int(k): v for k, v in io.releasedict.items()}
+    assert list(io.release_to_photsys(np.array([9010, 9011]))) == [b"S", b"N"]
 
 
 def test_missing_file(tmp_path):

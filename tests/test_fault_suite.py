@@ -503,6 +503,7 @@ BAD_CONFIGS = [
     ("timeout", "timeout = -5", "stages.runbrick.timeout"),
     ("profile", 'profile = "nersc-gpu"', "cluster.profile"),
     ("processor", 'processor = "legacypipex"', "release.processor"),
+    ("release", "release = 9999", "release.release"),
 ]
 
 
@@ -510,6 +511,7 @@ def _variant(cfg: Path, case: str, line: str) -> str:
     text = cfg.read_text()
     key = line.split("=")[0].strip()
     section = {"cameras": "[release]", "bands": "[release]", "processor": "[release]",
+               "release": "[release]",
                "kernel": "[stages.runbrick]", "timeout": "[stages.runbrick]",
                "profile": "[cluster]"}.get(case)
     lines = [ln for ln in text.splitlines() if not ln.startswith(f"{key} =")]

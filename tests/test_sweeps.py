@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import fitsio
 import numpy as np
 import pyarrow.parquet as pq
@@ -25,6 +27,31 @@ from lsdask.survey.sweeps import (
 )
 from lsdask.survey.tractor import TRACTOR_COLUMNS, read_tractor
 from lsdask.testing.tractor_gen import generate_release, patch_bricks
+
+
+def test_sweep_folders_as_the_public_releases(sweeps_release):
+    """Main, -lightcurves and -extra files each in its own folder under ``sweep/`` as
+    legacypipe's generate-sweep-files.py writes them (``X.X``, ``X.X-lightcurves``,
+    ``X.X-extra``; 9.0 for DR9); lsdask's and desitarget's sweep listings give only the main
+    files."""
+    from desitarget.io import list_sweepfiles
+
+    layout, _, summary = sweeps_release
+    root = layout.release_dir / "sweep"
+    assert sorted(p.name for p in root.iterdir()) == ["9.0", "9.0-extra", "9.0-lightcurves"]
+    main_ = sorted(p.name for p in (root / "9.0").iterdir())
+    assert len(main_) == summary["boxes"] == 4
+    for kind, folder in (("lc", "9.0-lightcurves"), ("ex", "9.0-extra")):
+        assert sorted(p.name for p in (root / folder).iterdir()) == [
+            n.replace(".fits", f"-{kind}.fits") for n in main_]
+    assert [p.name for p in sweep_files(layout)] == main_
+    assert sorted(Path(p).name for p in list_sweepfiles(str(layout.release_dir))) == main_
+    # the folder version follows the release number (DR10 -> 10.0)
+    from lsdask.config import parse_config
+
+    cfg = parse_config({"release": {"name": "x", "survey_dir": "/s", "release": 10000}})
+    assert cfg.layout.sweep("000p000-010p005", "ex") == Path(
+        "/s/sweep/10.0-extra/sweep-000p000-010p005-ex.fits")
 
 
 def test_box_names_parse_back():

@@ -18,7 +18,7 @@ from lsdask.survey.tractor import read_table_raw, table_layout
 from lsdask.testing.sweeps_before import run_before
 from lsdask.testing.tractor_gen import generate_release, patch_bricks, write_brick
 
-PRODUCTS = ("sweeps", "parquet/sweeps", "parquet/tractor")
+PRODUCTS = ("sweep", "parquet/sweeps", "parquet/tractor")
 
 
 def _products(root: Path) -> dict[str, bytes]:
@@ -114,7 +114,7 @@ def test_rerun_after_one_brick_changed(releases, tmp_path):
     redone = {p for p in after if after[p] != before[p]}
     for p in redone:
         assert p.stem.startswith(brick) or any(t in p.name for t in touched), p
-    untouched = [p for p in after if p.parent.name == "sweeps" and not any(
+    untouched = [p for p in after if p.parent.parent.name == "sweep" and not any(
         t in p.name for t in touched)]
     assert untouched and not redone & set(untouched)
     # and the result is what the old path makes of the changed release

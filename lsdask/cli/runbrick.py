@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
+from ..survey.releases import DEFAULT_RELEASE
 
 log = logging.getLogger("lsdask.runbrick")
 
@@ -37,7 +38,7 @@ def add_parser(sub) -> None:
                    help="survey-ccds file(s) (default: the layout's, else survey-ccds-*.fits.gz "
                    "in the survey dir)")
     p.add_argument("--bands", help="bands, e.g. grz (default: config bands, else grz)")
-    p.add_argument("--release", type=int, help="tractor release number (default 9999)")
+    p.add_argument("--release", type=int, help="tractor release number (default 9010, DR9 DECam)")
     p.add_argument("--threads", type=int)
     p.add_argument("--width", "-W", type=int)
     p.add_argument("--height", "-H", type=int)
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         layout = ReleaseLayout(args.survey_dir, args.outdir)
         options = RunbrickOptions()
         bands = ["g", "r", "z"]
-        release, processor, config_hash = 9999, "lite", ""
+        release, processor, config_hash = DEFAULT_RELEASE, "lite", ""
         settings = LegacypipeSection()
     processor = args.processor or processor
     if args.legacypipe_args:

@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 #: Stage order of a full release. Stages up to ``bricks`` (and ``runbrick``) are task
 #: graphs run by the runner; the rest are whole-release steps run from the driver.
 STAGES = ("images", "calibs", "zeropoints", "ccds", "bricks", "runbrick",
-          "parquet", "sweeps", "match", "depth")
+          "parquet", "sweeps", "match", "depth", "hats")
 TASK_STAGES = ("calibs", "zeropoints", "runbrick", "ccds", "bricks")
-POST_STAGES = ("parquet", "sweeps", "match", "depth")
+POST_STAGES = ("parquet", "sweeps", "match", "depth", "hats")
 
 #: Dask priorities: finish what was started (depth-first) before starting more.
 PRIORITY = {"calibs": 0, "zeropoints": 10, "runbrick": 20, "ccds": 30, "bricks": 40}
@@ -132,7 +132,9 @@ class WholeStage:
     its product exists, validates and was made from ``inputs``; ``task(ctx, inputs, client)``:
     makes it (atomically, then its stamp) and returns a summary dict, whose ``failed``
     (key -> message) lists inputs it could not use (then the stage is failed);
-    ``needs``: whole-release stages whose product it reads (blocked when one failed).
+    ``needs``: whole-release stages whose product it reads (blocked when one failed);
+    ``configured(ctx)``: False for an opt-in stage the configuration leaves off (then it is not
+    run and leaves no ledger row).
     """
 
     name: str
@@ -140,6 +142,7 @@ class WholeStage:
     is_done: Callable[[Context, Any], bool]
     task: Callable[[Context, Any, Any], dict]
     needs: tuple[str, ...] = ()
+    configured: Callable[[Context], bool] = lambda ctx: True
 
 
 def processor_call(processor: str | ProcessorRef, name: str, *args: Any, **kwargs: Any) -> Any:

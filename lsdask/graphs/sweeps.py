@@ -235,7 +235,7 @@ def share_files(layout, manifest: dict | None = None) -> dict[str, list[Path]]:
 
 
 def sweep_files(layout) -> list[Path]:
-    """Main sweep FITS files present, sorted."""
+    """Main sweep FITS files present (``sweep/<v>/``; never the -lc/-ex files), sorted."""
     d = layout.sweeps_dir
     return sorted(p for p in d.glob("sweep-*.fits")
                   if not p.name.endswith(("-lc.fits", "-ex.fits"))) if d.is_dir() else []
@@ -279,7 +279,7 @@ def stage_task(ctx, inputs: dict, client=None) -> dict:
     from ..done import clean_temps, fingerprint, write_stamp
 
     layout = ctx.layout
-    clean_temps(layout.sweeps_dir, layout.sweeps_parquet)
+    clean_temps(*(layout.sweep_dir(k) for k in SWEEP_KINDS), layout.sweeps_parquet)
     out = run_sweeps(layout, client=client, force=ctx.forced("sweeps"))
     now = stage_inputs(ctx)  # after the conversion run_sweeps starts with
     files = [p for box in now for p in (*(layout.sweep(box, k) for k in SWEEP_KINDS),

@@ -3,7 +3,7 @@
 Two roots: the *survey dir* (inputs and per-image products, legacypipe's
 ``LEGACY_SURVEY_DIR``: images, calib, zpt, survey-ccds, reference catalogues)
 and the *release dir* (per-brick and whole-release products, runbrick's
-``--outdir``: tractor, coadd, metrics, logs, checkpoints, sweeps, external,
+``--outdir``: tractor, coadd, metrics, logs, checkpoints, sweep, external,
 parquet, report, the ledger). They may be the same folder.
 
 No other module builds a product path by hand.
@@ -35,13 +35,15 @@ class ReleaseLayout:
     survey_dir: Path
     release_dir: Path
     name: str = "lsdask"
+    sweep_version: str = "9.0"  # the public sweep/<version>/ folder (9.0 for DR9)
 
     def __init__(self, survey_dir: str | Path, release_dir: str | Path | None = None,
-                 name: str = "lsdask"):
+                 name: str = "lsdask", sweep_version: str = "9.0"):
         object.__setattr__(self, "survey_dir", Path(survey_dir))
         object.__setattr__(self, "release_dir",
                            Path(release_dir) if release_dir is not None else Path(survey_dir))
         object.__setattr__(self, "name", name)
+        object.__setattr__(self, "sweep_version", sweep_version)
 
     # -- survey dir: inputs and per-image products -------------------------
     @property
@@ -247,13 +249,27 @@ class ReleaseLayout:
         return self.parquet_dir / f"survey-ccds-{self.name}.parquet"
 
     @property
+    def sweeps_root(self) -> Path:
+        """``sweep/``: the three sweep folders, as the public releases (``dr9/south/sweep``)."""
+        return self.release_dir / "sweep"
+
+    def sweep_dir(self, kind: str = "") -> Path:
+        """The folder of a sweep kind, as legacypipe's ``generate-sweep-files.py`` writes
+        them: ``sweep/<v>/`` main, ``sweep/<v>-lightcurves/`` 'lc', ``sweep/<v>-extra/``
+        'ex' (``<v>`` = :attr:`sweep_version`, e.g. 9.0)."""
+        tail = {"": "", "lc": "-lightcurves", "ex": "-extra"}[kind]
+        return self.sweeps_root / f"{self.sweep_version}{tail}"
+
+    @property
     def sweeps_dir(self) -> Path:
-        return self.release_dir / "sweeps"
+        """The main sweep files' folder, ``sweep/<v>/``."""
+        return self.sweep_dir("")
 
     def sweep(self, box: str, kind: str = "") -> Path:
-        """``sweeps/sweep-<box>.fits`` (``kind`` '' main, 'lc' or 'ex')."""
+        """``sweep/<v>/sweep-<box>.fits``, ``sweep/<v>-lightcurves/sweep-<box>-lc.fits``,
+        ``sweep/<v>-extra/sweep-<box>-ex.fits`` (``kind`` '', 'lc' or 'ex')."""
         suffix = f"-{kind}" if kind else ""
-        return self.sweeps_dir / f"sweep-{box}{suffix}.fits"
+        return self.sweep_dir(kind) / f"sweep-{box}{suffix}.fits"
 
     @property
     def sweeps_parquet(self) -> Path:
@@ -275,6 +291,20 @@ class ReleaseLayout:
     def sweep_share(self, box: str, brick: str) -> Path:
         """``parquet/sweep-shares/box=<box>/<brick>.share``."""
         return self.sweep_shares / f"box={box}" / f"{brick}.share"
+
+    @property
+    def hats_dir(self) -> Path:
+        """HATS catalogues of the release (``hats/``), for LSDB."""
+        return self.release_dir / "hats"
+
+    @property
+    def hats_catalog(self) -> Path:
+        """The sweeps as a HATS catalogue: ``hats/<release name>``."""
+        return self.hats_dir / self.name
+
+    def hats_margin(self, arcsec: float) -> Path:
+        """Its margin cache: ``hats/<release name>_<arcsec>arcs``."""
+        return self.hats_dir / f"{self.name}_{arcsec:g}arcs"
 
     @property
     def external_dir(self) -> Path:

@@ -9,7 +9,7 @@ API
 - :data:`OPTICAL_BANDS` (g, r, z), :data:`WISE_BANDS` (w1..w4), :data:`ALL_BANDS`.
 - :data:`MW_COEFFS`: DES/WISE extinction coefficients; :func:`mw_transmission`.
 - :func:`empty_tractor(n)`: ``n`` rows of zeros, with the documented nulls:
-  ``ref_cat`` '', ``type`` 'PSF', ``lc_epoch_index_*`` -1, ``release`` 9999.
+  ``ref_cat`` '', ``type`` 'PSF', ``lc_epoch_index_*`` -1, ``release`` 9010 (DR9 DECam).
 - :func:`read_tractor(path, columns=None)`: a tractor file (ours, legacypipe's, or the older
   DR8 subset files) as a structured array with lower-case names and byte-string (``S``)
   text columns; column lookup is case-insensitive. Raises :class:`InputError` naming the file.
@@ -35,6 +35,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import InputError
+from .releases import DEFAULT_RELEASE
 
 OPTICAL_BANDS = ("g", "r", "z")
 WISE_BANDS = ("w1", "w2", "w3", "w4")
@@ -131,10 +132,10 @@ def mw_transmission(ebv: np.ndarray, band: str) -> np.ndarray:
 
 
 def empty_tractor(n: int) -> np.ndarray:
-    """``n`` tractor rows: zeros, ``type`` 'PSF', ``release`` 9999, ``lc_epoch_index`` -1,
+    """``n`` tractor rows: zeros, ``type`` 'PSF', ``release`` 9010, ``lc_epoch_index`` -1,
     ``mw_transmission_*`` 1 (E(B-V) = 0)."""
     t = np.zeros(n, dtype=TRACTOR_DTYPE)
-    t["release"] = 9999
+    t["release"] = DEFAULT_RELEASE
     t["type"] = b"PSF"
     for b in LC_BANDS:
         t[f"lc_epoch_index_{b}"] = -1

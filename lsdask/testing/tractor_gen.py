@@ -21,6 +21,7 @@ import numpy as np
 from ..atomic import atomic_path, sha256_file, write_text_atomic
 from ..survey.bricks import brick_grid
 from ..survey.layout import ReleaseLayout
+from ..survey.releases import DEFAULT_RELEASE
 from ..survey.tractor import (
     ALL_BANDS,
     LC_BANDS,
@@ -57,7 +58,8 @@ def _seed(seed: int, brick: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(brick.encode())) & 0xFFFFFFFF
 
 
-def brick_catalogue(brick: str, n: int, seed: int = 0, release: int = 9999) -> np.ndarray:
+def brick_catalogue(brick: str, n: int, seed: int = 0,
+                    release: int = DEFAULT_RELEASE) -> np.ndarray:
     """``n`` DR9 tractor rows for ``brick`` (sorted by objid)."""
     b = brick_grid().brick(brick)
     rng = np.random.default_rng(_seed(seed, brick))
@@ -155,7 +157,7 @@ def depth_table(brick: str, seed: int = 0, bands: Iterable[str] = OPTICAL_BANDS)
 
 
 def write_brick(layout: ReleaseLayout, brick: str, rows: int, seed: int = 0,
-                release: int = 9999, depth: bool = True) -> Path:
+                release: int = DEFAULT_RELEASE, depth: bool = True) -> Path:
     """Write one brick's tractor catalogue, depth table and sha256sum file."""
     import fitsio
 
@@ -182,7 +184,7 @@ def _write_brick_star(args):
 
 
 def generate_release(layout: ReleaseLayout, bricks: Iterable[str] | int = 4,
-                     rows_per_brick: int = 3000, seed: int = 0, release: int = 9999,
+                     rows_per_brick: int = 3000, seed: int = 0, release: int = DEFAULT_RELEASE,
                      depth: bool = True, processes: int = 1,
                      center: tuple[float, float] = (180.5, 32.5)) -> list[str]:
     """Write a tractor catalogue set; ``bricks`` is a list of names or a count (a patch
