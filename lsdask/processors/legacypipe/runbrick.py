@@ -18,6 +18,7 @@ import numpy as np
 from ...atomic import sha256_file
 from ...errors import InputError
 from ...survey.layout import ReleaseLayout
+from ...survey.releases import DEFAULT_RELEASE
 from .launcher import make_launcher, run
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def clean_checkpoints(layout: ReleaseLayout, brickname: str) -> list[Path]:
 
 
 def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands: list[str],
-                 options: Any, release: int = 9999, config_hash: str = "",
+                 options: Any, release: int = DEFAULT_RELEASE, config_hash: str = "",
                  settings: Any = None) -> dict[str, Any]:
     """Run legacypipe's runbrick on one brick (resuming from its pickles/checkpoint)."""
     if settings is None:

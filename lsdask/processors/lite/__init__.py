@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...survey.releases import DEFAULT_RELEASE
+
 
 def calibs_done(layout, image_filename: str) -> bool:
     from .calibs import calibs_done as f
@@ -41,7 +43,7 @@ def runbrick_done(layout, brickname: str) -> bool:
     return f(layout, brickname)
 
 
-def run_runbrick(layout, brickname: str, ccds, bands, options, release: int = 9999,
+def run_runbrick(layout, brickname: str, ccds, bands, options, release: int = DEFAULT_RELEASE,
                  config_hash: str = "") -> dict[str, Any]:
     from .runbrick import run_runbrick as f
 

@@ -47,6 +47,7 @@ from ... import __version__
 from ...errors import ConfigError, InputError
 from ...survey.bricks import Brick, brick_grid
 from ...survey.layout import ReleaseLayout
+from ...survey.releases import DEFAULT_RELEASE
 from ...survey.tractor import OPTICAL_BANDS, empty_tractor, validate_tractor, write_tractor
 from ...survey.wcs import TanWCS
 from .. import BrickMemoryError
@@ -147,7 +148,7 @@ def estimate_memory(brick_wcs, ccds: np.ndarray, nbands: int, threads: int) -> f
 
 # -- main -----------------------------------------------------------------------------------
 def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
-                 options, release: int = 9999, config_hash: str = "") -> dict[str, Any]:
+                 options, release: int = DEFAULT_RELEASE, config_hash: str = "") -> dict[str, Any]:
     """Process one brick; returns a small summary dict (see module docstring)."""
     t0 = time.time()
     timings: dict[str, float] = {}
