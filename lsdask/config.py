@@ -76,6 +76,9 @@ class ZeropointsOptions:
 class CcdsOptions:
     force: bool = False
     depth_cut: bool = False
+    # legacyzpts' update_ccd_cuts (zeropoints from legacypipe): an exposure with fewer good
+    # CCDs than this fraction of the camera's (62 for DECam) is cut whole
+    good_ccd_fraction: float = 0.7
     processor: str | None = None  # legacypipe: the kd-tree with legacypipe's create_kdtrees
 
 

@@ -55,8 +55,16 @@ def spec(ctx: Context, images: list[str]) -> TaskSpec:
     return TaskSpec("ccds", KEY, "lsdask.graphs.ccds:ccds_task",
                     {"layout": ctx.layout, "images": images,
                      "depth_cut": ctx.config.stages.ccds.depth_cut,
-                     "force": ctx.forced("ccds"), "processor": ctx.processor_for("ccds")},
+                     "good_ccd_fraction": ctx.config.stages.ccds.good_ccd_fraction,
+                     "force": ctx.forced("ccds"), "processor": ctx.processor_for("ccds"),
+                     "cuts": _cuts_by(ctx.processor_for("zeropoints"))},
                     threads=1, log=str(ctx.layout.log("ccds", KEY)), child=ctx.child)
+
+
+def _cuts_by(zeropoints: ProcessorRef) -> ProcessorRef | None:
+    """The zeropoints' processor when it sets ``ccd_cuts`` on the merged table (legacypipe:
+    legacyzpts' update_ccd_cuts), else None (lite's zeropoint tables carry final cuts)."""
+    return zeropoints if zeropoints.has("ccd_cuts") else None
 
 
 def make_kd(layout: ReleaseLayout) -> str:
@@ -74,7 +82,8 @@ def make_kd(layout: ReleaseLayout) -> str:
 
 def ccds_task(threads: int, layout: ReleaseLayout, images: list[str],
               depth_cut: bool = False, force: bool = False,
-              processor: ProcessorRef | None = None) -> dict[str, Any]:
+              processor: ProcessorRef | None = None, cuts: ProcessorRef | None = None,
+              good_ccd_fraction: float = 0.7) -> dict[str, Any]:
     """Run in the task process: merge, write FITS + Parquet (+ kd-tree)."""
     from ..survey.ccds import ccds_from_arrow, merge_ccd_files, write_ccds, write_ccds_parquet
 
@@ -88,8 +97,17 @@ def ccds_task(threads: int, layout: ReleaseLayout, images: list[str],
                          f"table; {layout.survey_ccds.name} left as it was")
     table = merge_ccd_files(present)
     ccds = ccds_from_arrow(table)
-    if depth_cut:
-        print("depth_cut: not implemented by lsdask yet; ccd_cuts kept as computed", flush=True)
+    if cuts is not None:
+        import pyarrow as pa
+
+        ccds["ccd_cuts"] = cuts.call("ccd_cuts", layout, ccds, depth_cut=depth_cut,
+                                     good_ccd_fraction=good_ccd_fraction)
+        i = table.schema.get_field_index("ccd_cuts")
+        table = table.set_column(i, table.schema.field(i),
+                                 pa.array(ccds["ccd_cuts"]).cast(table.schema.field(i).type))
+    elif depth_cut:
+        print("depth_cut: only with legacyzpts zeropoints (processor legacypipe); ccd_cuts "
+              "kept as computed", flush=True)
     write_ccds(ccds, layout.survey_ccds, header={"NIMAGES": len(present)})
     write_ccds_parquet(table, layout.survey_ccds_parquet)
     if processor is not None and processor.has("make_kdtree"):
