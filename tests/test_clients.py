@@ -117,7 +117,8 @@ def truth_sweep(rel: Release, out: Path) -> int:
 
     layout = rel.layout
     truth = fitsio.read(str(layout.truth), ext="TRUTH")
-    gaia = np.concatenate([fitsio.read(str(p)) for p in sorted(layout.gaia_dir.glob("*.fits"))])
+    gaia = np.concatenate([fitsio.read(str(p)) for p in sorted(layout.gaia_dir.glob("*.fits"))
+                           if fitsio.read_header(str(p), ext=1)["NAXIS2"] > 0])  # not empty
     gaia_g = dict(zip(gaia["source_id"].tolist(), gaia["phot_g_mean_mag"].tolist(),
                       strict=True))
     grid = brick_grid()
