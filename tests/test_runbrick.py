@@ -56,7 +56,7 @@ def sim_brick(tmp_path_factory):
     ccds = np.concatenate([ccds, extra])
     rel = ReleaseLayout(layout.survey_dir, root / "release")
     opts = RunbrickOptions(width=WIDTH, height=WIDTH, threads=2)
-    res = run_runbrick(rel, BRICK, ccds, ["g", "r", "z"], opts, release=9999, config_hash="cafe")
+    res = run_runbrick(rel, BRICK, ccds, ["g", "r", "z"], opts, release=9010, config_hash="cafe")
     truth = fitsio.read(str(layout.truth), ext="TRUTH")
     return rel, ccds, opts, res, truth
 
