@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -40,22 +41,27 @@ def pytest_terminal_summary(terminalreporter):
 CONF = "/var/tmp/lsdask-slurm/slurm.conf"
 
 
-def slurm_up() -> str | None:
-    """None when the local Slurm answers, else why not."""
+def slurm_up(wait: float = 120.0) -> str | None:
+    """None when the local Slurm answers, else why not. A node still ``completing`` the
+    jobs of a previous test is waited for (up to ``wait`` seconds)."""
     if shutil.which("sinfo") is None:
         return "Slurm is not installed"
     env = dict(os.environ)
     if os.path.exists(CONF):
         env.setdefault("SLURM_CONF", CONF)
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
-                             timeout=10, env=env)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"sinfo failed: {e}"
-    states = out.stdout.split()
-    if out.returncode != 0 or not any(s in ("idle", "mixed", "allocated") for s in states):
-        return f"no idle Slurm node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
-    return None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                                 timeout=10, env=env)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"sinfo failed: {e}"
+        states = out.stdout.split()
+        if out.returncode == 0 and any(s in ("idle", "mixed", "allocated") for s in states):
+            return None
+        if not any(s.startswith("completing") for s in states) or time.monotonic() > deadline:
+            return f"no idle Slurm node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
+        time.sleep(2.0)
 
 
 @pytest.fixture

@@ -147,8 +147,8 @@ def test_one_legacypipe_brick_on_slurm(demo, tmp_path, monkeypatch, slurm):
         elif ln.startswith('profile = "local"'):
             ln = 'profile = "local-slurm"'
         lines.append(ln)
-        if ln == "[legacypipe]":
-            lines.append(f'prefix = "{stack_prefix()}"')
+    # the launcher named in the config: the workers have no LSDASK_LEGACYPIPE_PREFIX
+    lines += ["", "[legacypipe]", f'prefix = "{stack_prefix()}"']
     cfg = tmp_path / "slurm.toml"
     cfg.write_text("\n".join(lines) + "\n")
     rel = Release.from_config(cfg)
