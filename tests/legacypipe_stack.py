@@ -35,11 +35,13 @@ def stack_prefix() -> Path:
 
 
 def run_direct(prefix: Path, args: list[str], env: dict[str, str], log: Path,
-               module: str = "legacypipe.runbrick") -> int:
-    """Run ``python -O -m module args`` in the stack's environment (no lsdask involved)."""
+               module: str = "legacypipe.runbrick", script: Path | None = None) -> int:
+    """Run ``python -O -m module args`` (or ``python -O script args``) in the stack's
+    environment (no lsdask involved)."""
     extra = env.get("PYTHONPATH")
     pp = f"export PYTHONPATH={shlex.quote(extra)}$PYTHONPATH && " if extra else ""
-    cmd = (f". {shlex.quote(str(prefix / 'env.sh'))} && {pp}exec python -O -m {module} "
+    target = shlex.quote(str(script)) if script is not None else f"-m {module}"
+    cmd = (f". {shlex.quote(str(prefix / 'env.sh'))} && {pp}exec python -O {target} "
            + shlex.join(args))
     with open(log, "w") as f:
         return subprocess.run(["bash", "-c", cmd], env={**os.environ, **env}, stdout=f,

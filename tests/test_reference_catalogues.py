@@ -5,13 +5,12 @@ calibrators whose magnitudes legacypipe's colour terms turn into the true DECam 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import fitsio
 import numpy as np
 import pytest
-from legacypipe_stack import stack_prefix
+from legacypipe_stack import run_direct, stack_prefix
 
 from lsdask.simulate import SimConfig, simulate_survey
 from lsdask.survey.layout import ReleaseLayout
@@ -57,23 +56,12 @@ def test_kdtree_searches_as_startree_built_one(tmp_path, shared_data):
         "                                 (346.0, 11.9, 0.3), (10.0, 10.0, 1.0)]]\n"
         "print('RESULT', json.dumps(out))\n")
     log = tmp_path / "search.log"
-    rc = _run_script(stack_prefix(), script, [str(real), str(ours)], log)
+    rc = run_direct(stack_prefix(), [str(real), str(ours)], {}, log, script=script)
     assert rc == 0, log.read_text()[-2000:]
     res = json.loads(log.read_text().split("RESULT ", 1)[1])
     assert res[str(real)] == res[str(ours)]
     assert len(res[str(ours)][0]) > 50 and res[str(ours)][3] == []
 
-
-def _run_script(prefix, script, args, log, env=None) -> int:
-    """``python script args`` in the legacypipe stack's environment."""
-    import shlex
-    import subprocess
-
-    cmd = (f". {shlex.quote(str(prefix / 'env.sh'))} && "
-           f"exec python {shlex.join([str(script), *args])}")
-    with open(log, "w") as f:
-        return subprocess.run(["bash", "-c", cmd], env={**os.environ, **(env or {})},
-                              stdout=f, stderr=subprocess.STDOUT).returncode
 
 
 def test_legacypipe_reads_reference_catalogues(survey, tmp_path):
@@ -103,8 +91,8 @@ def test_legacypipe_reads_reference_catalogues(survey, tmp_path):
            "GAIA_CAT_PREFIX": "chunk", "GAIA_CAT_SCHEME": "ring",
            "TYCHO2_KD_DIR": str(survey.survey_dir), "PS1CAT_DIR": str(survey.ps1_dir)}
     log = tmp_path / "refs.log"
-    rc = _run_script(stack_prefix(), script, [str(survey.survey_dir), "180.025", "32.025"],
-                     log, env)
+    rc = run_direct(stack_prefix(), [str(survey.survey_dir), "180.025", "32.025"], env, log,
+                    script=script)
     assert rc == 0, log.read_text()[-3000:]
     res = json.loads(log.read_text().split("RESULT ", 1)[1])
     # read_tycho2 reads every star within 1 deg: the 4 simulated ones (outside the images)
