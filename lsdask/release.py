@@ -81,6 +81,16 @@ class Release:
         return Ledger.open_readonly(self.layout.ledger)
 
     # -- running ------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Fail before any cluster starts (no Slurm job submitted, no worker to stop): the
+        ledger can be written and no other driver is running this release."""
+        ledger = Ledger(self.layout.ledger)
+        try:
+            ledger.acquire(heartbeat=False)
+        finally:
+            with contextlib.suppress(Exception):
+                ledger.close()  # releases the lock
+
     def run(self, client=None, stages: Sequence[str] | str | None = None,
             force: Sequence[str] | bool = (), progress: str | bool | None = None,
             window: int | None = None, report: bool = True, child: bool = True,
@@ -103,18 +113,20 @@ class Release:
         stages = normalize_stages(stages)
         forced = frozenset(STAGES if force is True else (force or ()))
         own_cluster = None
-        if client is None:
-            from distributed import Client
-
-            own_cluster = release_cluster(self.config)
-            if is_slurm(own_cluster):
-                adapt(own_cluster, self.config.cluster.adapt_min, self.config.cluster.adapt_max)
-            client = Client(own_cluster)
-        ledger = Ledger(self.layout.ledger)
+        ledger = Ledger(self.layout.ledger)  # first: a full or locked release starts nothing
         try:
             ledger.acquire()
+            if client is None:
+                from distributed import Client
+
+                own_cluster = release_cluster(self.config)
+                if is_slurm(own_cluster):
+                    adapt(own_cluster, self.config.cluster.adapt_min,
+                          self.config.cluster.adapt_max)
+                client = Client(own_cluster)
         except BaseException:
-            ledger.close()
+            with contextlib.suppress(Exception):
+                ledger.close()
             if own_cluster is not None:
                 close_cluster(client, own_cluster)
             raise

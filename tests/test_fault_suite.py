@@ -283,7 +283,9 @@ def test_f05_forked_helpers_die_with_the_task_and_free_the_lock(rel, client, tmp
     pidfile = Path(f"{rel.layout.checkpoint(brick)}.child")
     try:
         helper = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 120))
-        task = wait_for(lambda: tasks_of("TMPDIR", str(tmp_path), "runbrick-"), 60)[0]
+        # the task process is the helper's parent (PIDs wrap: not the lowest of the two)
+        task = psutil.Process(helper).ppid()
+        assert task in {p.pid for p in tasks_of("TMPDIR", str(tmp_path), "runbrick-")}
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
 
@@ -292,22 +294,28 @@ def test_f05_forked_helpers_die_with_the_task_and_free_the_lock(rel, client, tmp
                 return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
             except psutil.NoSuchProcess:
                 return True
+
+        def lock_free() -> bool:
+            fd = os.open(rel.layout.brick_lock(brick), os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: nobody kept it
+                return True
+            except BlockingIOError:
+                return False
+            finally:
+                os.close(fd)
         ok = True
         try:
-            wait_for(lambda: gone(task.pid) and gone(helper), 15)
+            wait_for(lambda: gone(task) and gone(helper), 15)
         except AssertionError:
             ok = False
-        fd = os.open(rel.layout.brick_lock(brick), os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: nobody kept it
-            free = True
-        except BlockingIOError:
+        try:  # within seconds: a leaked holder would keep it for the helper's 60 s
+            free = bool(wait_for(lock_free, 5))
+        except AssertionError:
             free = False
-        finally:
-            os.close(fd)
         leaks = list(tmp_path.glob("lsdask-result-*"))  # fault 13: no result-file leak
         FIGURES.kill(ok and free and not leaks)
-        assert ok, f"outlived the worker: task {not gone(task.pid)}, helper {not gone(helper)}"
+        assert ok, f"outlived the worker: task {not gone(task)}, helper {not gone(helper)}"
         assert free, "the brick lock is still held"
         assert not leaks, leaks
     finally:

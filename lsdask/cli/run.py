@@ -111,6 +111,7 @@ def run(args) -> int:
     cluster = client = None
     res = None
     try:
+        release.preflight()
         if args.scheduler:
             client = Client(args.scheduler)
         else:
