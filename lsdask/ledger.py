@@ -37,7 +37,8 @@ from typing import Any
 from .errors import LsdaskError
 
 STATES = ("pending", "running", "succeeded", "failed", "blocked")
-FAILURE_CLASSES = ("input", "oom", "killed", "timeout", "worker-lost", "walltime", "error")
+FAILURE_CLASSES = ("input", "config", "oom", "killed", "timeout", "worker-lost", "walltime",
+                   "error")
 
 #: A lock whose heartbeat is older than this (seconds) is stale even if its PID looks alive.
 STALE_AFTER = 300.0

@@ -60,11 +60,13 @@ class TaskSpec:
 
 def classify(exc: BaseException) -> str:
     """Failure class of an exception raised by a processor."""
-    from .errors import InputError
+    from .errors import ConfigError, InputError
     from .processors import BrickMemoryError
 
     if isinstance(exc, InputError):
         return "input"
+    if isinstance(exc, ConfigError):
+        return "config"  # retried by the first run whose configuration differs
     if isinstance(exc, (BrickMemoryError, MemoryError)):
         return "oom"
     return "error"

@@ -170,6 +170,39 @@ def test_f02_failed_exposure_blocks_its_bricks_then_they_run(rel, client, monkey
     FIGURES.lost += len([b for b in bricks if not rel.layout.tractor(b).exists()])
 
 
+def _reprocess_image(r: Release, img: str) -> None:
+    """The image replaced by a new CP processing (same name, new MJD-OBS in its header)."""
+    path = r.layout.image(img)
+    with fitsio.FITS(str(path)) as f:
+        hdus = [(f[i].read(), f[i].read_header()) for i in range(len(f))]
+    tmp = path.with_name(f".{path.name}.new")
+    with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
+        for i, (data, hdr) in enumerate(hdus):
+            if i == 0:
+                hdr["MJD-OBS"] = float(hdr["MJD-OBS"]) + 1.0
+            f.write(data, header=hdr)
+    os.replace(tmp, path)
+
+
+def test_f02b_replaced_image_redoes_its_calibs_zeropoints_merge_and_bricks(rel, client):
+    img, touched = _exposure_touching_some(rel)
+    assert run(rel, client).ok
+    before = collections.Counter(completions(rel.completions))
+    _reprocess_image(rel, img)
+    res = run(rel, client)
+    assert res.ok
+    assert res.plans["calibs"].todo == [image_key(img)]
+    redone = collections.Counter(completions(rel.completions)) - before
+    assert redone == collections.Counter(
+        [("calibs", image_key(img)), ("zeropoints", image_key(img)),
+         *(("runbrick", b) for b in touched)])
+    mjd = fitsio.read(str(rel.layout.survey_ccds), columns=["image_filename", "mjd_obs"])
+    assert set(mjd["mjd_obs"][np.char.strip(mjd["image_filename"]) == img]) == {57755.0}
+    res = run(rel, client)  # and then everything is current
+    assert res.ok and all(not p.todo for p in res.plans.values())
+    FIGURES.lost += len([b for b in brick_images(rel) if not rel.layout.tractor(b).exists()])
+
+
 # -- 3. killed between stages: the merge, and whole-release products, follow their inputs ---
 def test_f03a_merge_redone_when_zeropoints_changed_before_it(rel, client, monkeypatch):
     img, _ = _exposure_touching_some(rel)
@@ -474,6 +507,24 @@ def test_f10_exit_code_while_failures_remain(rel, client, monkeypatch, capsys):
     assert f"lsdask tasks {rel.config.path} --state failed" in line
 
 
+def test_f10b_config_failures_retried_once_the_config_changed(rel, client, monkeypatch):
+    """A task failed by a configuration error (class ``config``) stays failed while the
+    configuration is the same, and is retried by the first run after it changed."""
+    brick = sorted(brick_images(rel))[0]
+    monkeypatch.setenv("LSDASK_TESTING_CONFIG_ERROR", brick)
+    res = run(rel, client)
+    assert res.failed == {"config": 1}
+    monkeypatch.delenv("LSDASK_TESTING_CONFIG_ERROR")
+    res = run(rel, client)  # the same configuration: still failed, not retried
+    assert res.plans["runbrick"].failed == [brick] and res.failed == {"config": 1}
+    cfg = rel.config.path
+    cfg.write_text(cfg.read_text().replace("max_retries = 1", "max_retries = 2"))  # the fix
+    assert "max_retries = 2" in cfg.read_text()
+    res = run(Release.from_config(cfg), client)
+    assert res.ok and res.plans["runbrick"].todo == [brick]
+    assert brick_runs(rel)[brick] == 1
+
+
 # -- 11. bad inputs: named, one line --------------------------------------------------------
 def test_f11_bad_zeropoint_tables_are_named(rel, client):
     from lsdask.survey.ccds import merge_ccd_files
@@ -499,6 +550,25 @@ def test_f11_bad_zeropoint_tables_are_named(rel, client):
     with rel.ledger() as led:
         row = led.get("ccds", "survey-ccds")
     assert not res.ok and row["failure_class"] == "input" and str(garbage) in row["message"]
+
+
+def test_f11b_cut_ccds_are_said_by_status(tmp_path, client, capsys):
+    """CCDs that could not be measured (an image of NaNs, in lite) are cut, and ``lsdask
+    status`` names them; other cuts are counted by bit."""
+    cfg = write_config(tmp_path, bands=("g",))
+    r = Release.from_config(cfg)
+    names = make_survey(r.layout, nexp=3, bands=("g",),
+                        cuts={"c4d_170101_010010_ooi_g_ls9": 0x1,
+                              "c4d_170101_010011_ooi_g_ls9": 0x1000})
+    assert run(r, client, stages=["images", "calibs", "zeropoints", "ccds"]).ok
+    capsys.readouterr()
+    assert main(["status", str(cfg)]) == 0
+    line = last_line(capsys.readouterr().out)
+    bad = Path(names[0]).name
+    expect = (f"survey-ccds-t.fits.gz: 6 CCDs, 4 cut (err_legacyzpts 2, seeing_bad 2); "
+              f"not measurable: {bad} N4, {bad} S4")
+    FIGURES.bad(line == expect)
+    assert line == expect
 
 
 # -- 12. bad configuration: one line naming file and key ------------------------------------

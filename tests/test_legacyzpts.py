@@ -122,3 +122,26 @@ def test_lsdask_reads_legacyzpts_psf_models(releases):
             ratios.append(stamp_fwhm(stamp) / truth[(model.expnum, name)]["fwhm"])
     print(f"legacyzpts PsfEx FWHM / true FWHM: {np.min(ratios):.3f}-{np.max(ratios):.3f}")
     assert len(ratios) == 12 and all(0.9 < r < 1.1 for r in ratios)
+
+
+def test_merge_is_stale_when_its_cut_settings_change(releases):
+    """survey-ccds made with legacyzpts' cuts is redone when ``good_ccd_fraction`` or
+    ``depth_cut`` changes; lite's (whose cuts come with its zeropoints) is not."""
+    from lsdask.config import load_config
+    from lsdask.graphs import ccds as ccds_stage
+    from lsdask.graphs.base import Context
+    from lsdask.graphs.images import images_in_region, run_images
+
+    for name, rel in releases.items():
+        text = rel.config.path.read_text()
+        for change, to in (("", ""),
+                              ("good_ccd_fraction = 0.04", "good_ccd_fraction = 0.5"),
+                              ("[stages.ccds]\n", "[stages.ccds]\ndepth_cut = true\n")):
+            path = rel.config.path.with_name("changed.toml")
+            path.write_text(text.replace(change, to) if change else text)
+            cfg = load_config(path)
+            images, _ = images_in_region(run_images(cfg), cfg.region_box())
+            plan = ccds_stage.plan(Context(cfg), images)
+            redo = bool(change) and name == "legacypipe"
+            assert plan.todo == (["survey-ccds"] if redo else []), (name, change)
+            assert plan.done == ([] if redo else ["survey-ccds"]), (name, change)

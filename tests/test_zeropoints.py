@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import fitsio
 import numpy as np
@@ -66,8 +67,11 @@ def test_merge(tmp_path_factory):
     np.testing.assert_array_equal(merged["ccdzpt"], _rows(layout, res["image_filenames"])["ccdzpt"])
 
 
-def test_failures_recorded(tmp_path_factory, tmp_path):
-    """No stars on one CCD, an all-zero weight map on another: recorded, the rest measured."""
+def test_failures_recorded(tmp_path_factory, tmp_path, capsys):
+    """No stars on one CCD, an all-zero weight map on another, NaN pixels on a third:
+    recorded and said (task log, ``lsdask status``'s line), the rest measured."""
+    from lsdask.survey.ccds import describe_cuts
+
     layout, res, *_ = sim_survey(tmp_path_factory, processed=False)
     f = res["image_filenames"][1]
     dest = ReleaseLayout(tmp_path / "bad")
@@ -76,21 +80,32 @@ def test_failures_recorded(tmp_path_factory, tmp_path):
     def blank(name, data):
         if name == "S3":
             return (260 + rng.normal(0, 8, data.shape)).astype(np.float32)
+        if name == "N3":
+            return np.full(data.shape, np.nan, np.float32)
         return data
 
     copy_exposure(layout, f, dest, modify={"ooi": blank,
                                            "oow": lambda n, d: d * 0 if n == "S4" else d})
     run_calibs(dest, f, None)
     out = run_zeropoints(dest, f, None)
+    log = capsys.readouterr().out
     z = fitsio.read(str(dest.zeropoints(f)), ext="CCDS")
     errs = fitsio.read(str(dest.zeropoints(f)), ext="ERRORS")
     cuts = dict(zip(z["ccdname"], z["ccd_cuts"], strict=True))
-    assert cuts["S4"] & CCD_CUTS["err_legacyzpts"]
+    assert cuts["S4"] & CCD_CUTS["err_legacyzpts"] and cuts["N3"] & CCD_CUTS["err_legacyzpts"]
     assert "all-zero weight map" in out["failed"]["S4"]
-    assert list(errs["ccdname"]) == ["S4"]
+    assert sorted(errs["ccdname"]) == ["N3", "S4"]
     assert cuts["S3"] & CCD_CUTS["ccdnmatch"] and not cuts["S3"] & CCD_CUTS["err_legacyzpts"]
-    assert cuts["N4"] == 0 and cuts["N3"] == 0
+    assert cuts["N4"] == 0
     assert np.isfinite(z["zpt"][0])
+    for ccd in ("N3", "S4"):  # the task log says so, for calibs and for zeropoints
+        assert f"{f} CCD {ccd}: sky: fewer than 5% usable pixels" in log
+        assert f"{f} CCD {ccd}: cut (err_legacyzpts)" in log
+    line = describe_cuts(z)
+    base = Path(f).name
+    assert line.startswith("4 CCDs, 3 cut (err_legacyzpts 2, ccdnmatch 1")
+    listed = line.split("; not measurable: ")[1].split(", ")
+    assert sorted(listed) == [f"{base} N3", f"{base} S4"], line
 
 
 def test_corrupt_image(tmp_path_factory, tmp_path):

@@ -7,11 +7,13 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
+    from ..ledger import FAILURE_CLASSES
+
     p = sub.add_parser("retry", help="reset failed tasks so the next run retries them")
     p.add_argument("config", type=Path, help="release TOML (or its directory)")
     p.add_argument("--stage", required=True)
     p.add_argument("--class", dest="failure_class",
-                   choices=["input", "oom", "timeout", "worker-lost", "walltime", "error"])
+                   choices=FAILURE_CLASSES)
     p.add_argument("keys", nargs="*", help="only these keys")
     p.set_defaults(func=run)
 

@@ -34,6 +34,17 @@ def run(args) -> int:
 
     release = release_from_arg(args.config)
     print(format_status(release.status()))
+    ccds = release.layout.survey_ccds
+    if ccds.is_file():
+        import fitsio
+
+        from ..survey.ccds import describe_cuts
+
+        try:
+            table = fitsio.read(str(ccds), columns=["image_filename", "ccdname", "ccd_cuts"])
+            print(f"{ccds.name}: {describe_cuts(table)}")
+        except (OSError, ValueError) as e:
+            print(f"{ccds}: unreadable ({e})")
     if args.runs and release.layout.ledger.exists():
         with release.ledger() as led:
             lock = led.lock_info()

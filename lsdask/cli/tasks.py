@@ -6,12 +6,14 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
+    from ..ledger import FAILURE_CLASSES
+
     p = sub.add_parser("tasks", help="list tasks (e.g. failed bricks) from the ledger")
     p.add_argument("config", type=Path, help="release TOML (or its directory)")
     p.add_argument("--stage", help="only this stage")
     p.add_argument("--state", choices=["pending", "running", "succeeded", "failed"])
     p.add_argument("--class", dest="failure_class",
-                   choices=["input", "oom", "timeout", "worker-lost", "walltime", "error"])
+                   choices=FAILURE_CLASSES)
     p.add_argument("--keys", action="store_true", help="print the keys only, one per line")
     p.add_argument("--limit", type=int)
     p.set_defaults(func=run)

@@ -5,7 +5,8 @@
   test of "done"; the ledger records history and never decides it.
 - ``plan``: every candidate key is done (skipped; ``force`` overrides), *blocked* (an input
   it needs failed upstream and is not being remade: recorded, visible in ``status``, not
-  run), failed earlier (left alone until ``lsdask retry``; ``force`` overrides), or to do.
+  run), failed earlier (left alone until ``lsdask retry``; ``force`` overrides; a failure
+  of class ``config`` is retried once the configuration has changed), or to do.
 - ``task(key)``: a :class:`~lsdask.task.TaskSpec` (per-key stages, run by the runner on the
   workers, wired to the upstream tasks of the run) or, for a whole-release stage, a call
   from the driver (:class:`WholeStage`). A task checks ``is_done`` again when it starts
@@ -98,6 +99,16 @@ def plan_keys(ctx: Context, stage: str, keys: Iterable[str],
     whether it is done when it starts."""
     plan = Plan(stage)
     states = ctx.ledger.states(stage) if ctx.ledger is not None else {}
+    config_of_run = ({r["run_id"]: r["config_hash"] for r in ctx.ledger.runs()}
+                     if ctx.ledger is not None else {})
+
+    def failed_earlier(row) -> bool:
+        """Failed, and not for a configuration changed since (that is retried)."""
+        if row is None or row["state"] != "failed":
+            return False
+        return not (row["failure_class"] == "config"
+                    and config_of_run.get(row["run_id"]) != ctx.config.hash())
+
     for k in keys:
         force = ctx.forced(stage, k)
         if waiting is not None and waiting(k):
@@ -106,8 +117,7 @@ def plan_keys(ctx: Context, stage: str, keys: Iterable[str],
         if not force and is_done(k):
             plan.done.append(k)
             continue
-        row = states.get(k)
-        if not force and row is not None and row["state"] == "failed":
+        if not force and failed_earlier(states.get(k)):
             plan.failed.append(k)
             continue
         why = blocked_by(k) if blocked_by is not None else None

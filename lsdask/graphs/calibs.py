@@ -13,9 +13,9 @@ PRIO = PRIORITY[STAGE]
 
 
 def plan(ctx: Context, images: list[str],
-         blocked_by: Callable[[str], str | None] | None = None
-         ) -> tuple[Plan, dict[str, str]]:
-    return perimage.plan(ctx, STAGE, images, blocked_by)
+         blocked_by: Callable[[str], str | None] | None = None,
+         waiting: Callable[[str], bool] | None = None) -> tuple[Plan, dict[str, str]]:
+    return perimage.plan(ctx, STAGE, images, blocked_by, waiting)
 
 
 def spec(ctx: Context, key: str, image_filename: str) -> TaskSpec:

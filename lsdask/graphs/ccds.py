@@ -9,7 +9,8 @@ with a notice otherwise). One task, downstream of every zeropoint task of the ru
 merge's inputs change and it is redone).
 
 Done: both tables exist and their stamp records the inputs now (each exposure and the
-sha256 of its zeropoint table, ``missing`` when it has none). With no zeropoint table at
+sha256 of its zeropoint table, ``missing`` when it has none; and ``good_ccd_fraction`` /
+``depth_cut`` when the merge sets the cuts). With no zeropoint table at
 all the task fails and leaves an existing survey-ccds as it was.
 """
 
@@ -35,29 +36,47 @@ KEY = "survey-ccds"
 PRIO = PRIORITY["ccds"]
 
 
-def inputs(layout: ReleaseLayout, images: list[str]) -> list[list[str]]:
-    """What the merge is made from now: each exposure and its zeropoint table's sha256."""
-    return [[image_key(n), file_sha256(layout.zeropoints(n))] for n in sorted(images)]
+def cut_settings(cuts: ProcessorRef | None, depth_cut: bool,
+                 good_ccd_fraction: float) -> dict[str, Any] | None:
+    """The options that change the merged ``ccd_cuts`` (only when ``cuts`` sets them)."""
+    if cuts is None:
+        return None
+    return {"by": cuts.name, "depth_cut": bool(depth_cut),
+            "good_ccd_fraction": float(good_ccd_fraction)}
 
 
-def is_done(layout: ReleaseLayout, images: list[str]) -> bool:
+def inputs(layout: ReleaseLayout, images: list[str],
+           cuts: dict[str, Any] | None = None) -> Any:
+    """What the merge is made from now: each exposure and its zeropoint table's sha256, and
+    the cut settings (:func:`cut_settings`) when the merge sets the cuts."""
+    rows = [[image_key(n), file_sha256(layout.zeropoints(n))] for n in sorted(images)]
+    return rows if cuts is None else {"zeropoints": rows, "cuts": cuts}
+
+
+def is_done(layout: ReleaseLayout, images: list[str], cuts: dict[str, Any] | None = None
+            ) -> bool:
     return (layout.survey_ccds.is_file() and layout.survey_ccds_parquet.exists()
-            and stamp_ok(layout.stamp(layout.survey_ccds), fingerprint(inputs(layout, images))))
+            and stamp_ok(layout.stamp(layout.survey_ccds),
+                         fingerprint(inputs(layout, images, cuts))))
+
+
+def _settings(ctx: Context) -> dict[str, Any]:
+    opts = ctx.config.stages.ccds
+    return {"depth_cut": opts.depth_cut, "good_ccd_fraction": opts.good_ccd_fraction,
+            "cuts": _cuts_by(ctx.processor_for("zeropoints"))}
 
 
 def plan(ctx: Context, images: list[str], waiting: bool = False) -> Plan:
     """``waiting``: zeropoint tables are being made in this run (the task decides)."""
-    return plan_keys(ctx, "ccds", [KEY], lambda k: is_done(ctx.layout, images),
+    cuts = cut_settings(**_settings(ctx))
+    return plan_keys(ctx, "ccds", [KEY], lambda k: is_done(ctx.layout, images, cuts),
                      waiting=lambda k: waiting)
 
 
 def spec(ctx: Context, images: list[str]) -> TaskSpec:
     return TaskSpec("ccds", KEY, "lsdask.graphs.ccds:ccds_task",
-                    {"layout": ctx.layout, "images": images,
-                     "depth_cut": ctx.config.stages.ccds.depth_cut,
-                     "good_ccd_fraction": ctx.config.stages.ccds.good_ccd_fraction,
-                     "force": ctx.forced("ccds"), "processor": ctx.processor_for("ccds"),
-                     "cuts": _cuts_by(ctx.processor_for("zeropoints"))},
+                    {"layout": ctx.layout, "images": images, **_settings(ctx),
+                     "force": ctx.forced("ccds"), "processor": ctx.processor_for("ccds")},
                     threads=1, log=str(ctx.layout.log("ccds", KEY)), child=ctx.child)
 
 
@@ -87,9 +106,10 @@ def ccds_task(threads: int, layout: ReleaseLayout, images: list[str],
     """Run in the task process: merge, write FITS + Parquet (+ kd-tree)."""
     from ..survey.ccds import ccds_from_arrow, merge_ccd_files, write_ccds, write_ccds_parquet
 
-    if not force and is_done(layout, images):
+    settings = cut_settings(cuts, depth_cut, good_ccd_fraction)
+    if not force and is_done(layout, images, settings):
         return {"skipped": True}
-    fp = fingerprint(inputs(layout, images))
+    fp = fingerprint(inputs(layout, images, settings))
     paths = [layout.zeropoints(n) for n in images]
     present = [p for p in paths if p.exists()]
     if not present:

@@ -121,7 +121,8 @@ def build(ctx: Context, stages: Sequence[str], client=None) -> Build:
             calib_tasks[k] = Task(calibs_stage.spec(ctx, k, by_key[k]), priority=calibs_stage.PRIO,
                                   memory_resource=ctx.memory.get("calibs"))
     if "zeropoints" in stages:
-        zpt_plan, _ = zeropoints_stage.plan(ctx, images, failed_in(calib_plan, "calibs"))
+        zpt_plan, _ = zeropoints_stage.plan(ctx, images, failed_in(calib_plan, "calibs"),
+                                            waiting=lambda k: k in calib_tasks)
         out.plans["zeropoints"] = zpt_plan
         for k in zpt_plan.todo:
             dep = [calib_tasks[k]] if k in calib_tasks else []

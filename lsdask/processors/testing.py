@@ -12,7 +12,8 @@ Slurm jobs started after they are set):
 - ``LSDASK_TESTING_SLEEP``: seconds each runbrick sleeps (half before, half after
   its checkpoint); ``LSDASK_TESTING_ZPT_SLEEP`` for zeropoints.
 - ``LSDASK_TESTING_INPUT_ERROR``: comma-separated keys (brick names or image
-  basenames) that raise :class:`InputError`.
+  basenames) that raise :class:`InputError`; ``LSDASK_TESTING_CONFIG_ERROR``: keys that
+  raise :class:`ConfigError` (a processor misconfigured, e.g. a wrong launcher).
 - ``LSDASK_TESTING_MEMORY``: ``brick=MiB``: the brick allocates and touches
   ``MiB * threads`` MiB (so a memory limit kills it until threads are few enough).
 - ``LSDASK_TESTING_DIE``: keys whose task process kills itself with SIGKILL.
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..survey.layout import ReleaseLayout, image_basename
 
 
@@ -60,6 +61,8 @@ def _faults(key: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if key in _keys("LSDASK_TESTING_INPUT_ERROR"):
         raise InputError(f"{key}: injected input error")
+    if key in _keys("LSDASK_TESTING_CONFIG_ERROR"):
+        raise ConfigError(f"{key}: injected configuration error")
 
 
 def completions(path: str | os.PathLike) -> list[tuple[str, str]]:

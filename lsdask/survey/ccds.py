@@ -169,6 +169,25 @@ def usable(ccds: np.ndarray, bands: Iterable[str] | None = None,
     return keep
 
 
+def describe_cuts(ccds: np.ndarray, max_listed: int = 8) -> str:
+    """One line on a survey-ccds table: how many CCDs are cut, by which ``ccd_cuts`` bits,
+    and which CCDs could not be measured (``err_legacyzpts``: bad pixels, no stars...)."""
+    cuts = np.asarray(ccds["ccd_cuts"]).astype(np.int64)
+    ncut = int((cuts != 0).sum())
+    line = f"{len(ccds)} CCDs, {ncut} cut"
+    if not ncut:
+        return line
+    bits = [f"{name} {n}" for name, bit in CCD_CUTS.items() if (n := int((cuts & bit != 0).sum()))]
+    line += f" ({', '.join(bits)})"
+    err = np.flatnonzero(cuts & CCD_CUTS["err_legacyzpts"])
+    if len(err):
+        names = [f"{os.path.basename(str(ccds['image_filename'][i]).strip())} "
+                 f"{str(ccds['ccdname'][i]).strip()}" for i in err[:max_listed]]
+        more = f" and {len(err) - max_listed} more" if len(err) > max_listed else ""
+        line += f"; not measurable: {', '.join(names)}{more}"
+    return line
+
+
 def empty_ccds(n: int) -> np.ndarray:
     """``n`` zeroed rows of :data:`SURVEY_CCDS_DTYPE`."""
     return np.zeros(n, dtype=SURVEY_CCDS_DTYPE)

@@ -68,17 +68,21 @@ class ReleaseLayout:
         return (self.calib_dir / "sky" / image_dir(image_filename)
                 / f"{image_basename(image_filename)}-splinesky.fits")
 
+    def single_dir(self, image_filename: str, kind: str) -> Path:
+        """legacypipe's per-CCD calibrations of one image: ``calib/<kind>-single/<imgdir>/<base>/``
+        (``kind``: ``psfex`` or ``sky``)."""
+        return (self.calib_dir / f"{kind}-single" / image_dir(image_filename)
+                / image_basename(image_filename))
+
     def psfex_single(self, image_filename: str, ccdname: str) -> Path:
-        """legacypipe per-CCD PSF model: ``calib/psfex-single/<imgdir>/<base>/<base>-<ccd>-psfex.fits``."""  # noqa: E501
-        b = image_basename(image_filename)
-        return (self.calib_dir / "psfex-single" / image_dir(image_filename) / b
-                / f"{b}-{ccdname.strip()}-psfex.fits")
+        """legacypipe per-CCD PSF model: ``<single_dir>/<base>-<ccd>-psfex.fits``."""
+        return (self.single_dir(image_filename, "psfex")
+                / f"{image_basename(image_filename)}-{ccdname.strip()}-psfex.fits")
 
     def splinesky_single(self, image_filename: str, ccdname: str) -> Path:
-        """legacypipe per-CCD sky model: ``calib/sky-single/<imgdir>/<base>/<base>-<ccd>-splinesky.fits``."""  # noqa: E501
-        b = image_basename(image_filename)
-        return (self.calib_dir / "sky-single" / image_dir(image_filename) / b
-                / f"{b}-{ccdname.strip()}-splinesky.fits")
+        """legacypipe per-CCD sky model: ``<single_dir>/<base>-<ccd>-splinesky.fits``."""
+        return (self.single_dir(image_filename, "sky")
+                / f"{image_basename(image_filename)}-{ccdname.strip()}-splinesky.fits")
 
     @property
     def zpt_dir(self) -> Path:

@@ -10,6 +10,7 @@ paths of ``layout.psfex`` / ``layout.splinesky``); without it, the
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,9 @@ def run_calibs(layout: ReleaseLayout, image_filename: str, options: Any,
     """PsfEx and spline-sky calibrations of every CCD of one image."""
     settings = _settings(settings)
     launcher = make_launcher(settings, layout.survey_dir)
+    _remove_for_redo(options, layout.psfex(image_filename), layout.splinesky(image_filename),
+                     layout.single_dir(image_filename, "psfex"),
+                     layout.single_dir(image_filename, "sky"))
     args = [*_base_args(layout, image_filename), "--run-calibs-only",
             *(str(a) for a in settings.zeropoints_args)]
     run(launcher, MODULE, args, what=f"calibs {image_filename}")
@@ -67,6 +71,18 @@ def run_calibs(layout: ReleaseLayout, image_filename: str, options: Any,
                          f"{layout.psfex(image_filename)} / {layout.splinesky(image_filename)}")
     return {"image": image_filename, "psfex": str(layout.psfex(image_filename)),
             "splinesky": str(layout.splinesky(image_filename))}
+
+
+def _remove_for_redo(options: Any, *paths: Path) -> None:
+    """``options.force`` (a redo, or a stale product): legacyzpts skips an image whose
+    outputs exist, so they go first."""
+    if not getattr(options, "force", False):
+        return
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
 
 
 def zeropoints_done(layout: ReleaseLayout, image_filename: str, settings: Any = None) -> bool:
@@ -81,6 +97,7 @@ def run_zeropoints(layout: ReleaseLayout, image_filename: str, options: Any,
 
     settings = _settings(settings)
     launcher = make_launcher(settings, layout.survey_dir)
+    _remove_for_redo(options, layout.zeropoints(image_filename), layout.photom(image_filename))
     args = [*_base_args(layout, image_filename), "--outdir", str(layout.zpt_dir),
             *(str(a) for a in settings.zeropoints_args)]
     run(launcher, MODULE, args, what=f"zeropoints {image_filename}")

@@ -302,6 +302,9 @@ def run_calibs(layout, image_filename: str, options=None) -> dict[str, Any]:
     ppath.parent.mkdir(parents=True, exist_ok=True)
     write_splinesky(spath, table)
     write_psfex(ppath, psfs, extras)
+    for name, why in failed.items():
+        print(f"{image_filename} CCD {name}: {why}; a fallback model is written (the "
+              f"zeropoints cut the CCD if it cannot be measured)", flush=True)
     return {"image_filename": image_filename, "skipped": False, "nccd": len(psfs),
             "failed": failed, "fwhm": fwhms, "seconds": round(time.time() - t0, 3),
             "psfex": str(ppath), "splinesky": str(spath),
