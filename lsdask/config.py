@@ -103,6 +103,9 @@ class RunbrickOptions:
     resample_kernel: str = "lanczos3"  # or "spline3" (scipy cubic spline, faster)
     processor: str | None = None
     radec: list[float] | None = None  # legacypipe: a custom brick centred here (--radec)
+    # lite, as legacypipe without --skip-calibs: a CCD's missing sky/PSF calibration is fitted
+    # when the brick needs it; true: a missing calibration is an error
+    skip_calibs: bool = False
 
 
 @dataclass

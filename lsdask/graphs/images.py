@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
-from ..survey.camera import get_camera, parse_image_filename
+from ..survey.camera import band_of_filter, get_camera, parse_image_filename
 from ..survey.layout import ReleaseLayout
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,6 @@ def discover(layout: ReleaseLayout, cameras: Sequence[str],
     return sorted(names)
 
 
-def _band(value: str) -> str:
-    v = str(value).strip()
-    return v[:1].lower() if v else ""
-
-
 def read_footprints(layout: ReleaseLayout, image_filename: str) -> np.ndarray:
     """One row per CCD HDU of an image (``ok=False`` single row when unreadable)."""
     import fitsio
@@ -86,7 +81,7 @@ def read_footprints(layout: ReleaseLayout, image_filename: str) -> np.ndarray:
                 rows.append((image_filename, hdu.get_extnum(), info.get("camera", ""),
                              int(ph.get("EXPNUM", h.get("EXPNUM", 0)) or 0),
                              str(h.get("EXTNAME", h.get("CCDNAME", ""))).strip()[:5],
-                             _band(ph.get("FILTER", info.get("band", ""))),
+                             band_of_filter(ph.get("FILTER", info.get("band", ""))),
                              float(ph.get("EXPTIME", 0) or 0),
                              float(ph.get("MJD-OBS", h.get("MJD-OBS", 0)) or 0),
                              ww, hh, wcs.crpix1, wcs.crpix2, wcs.crval1, wcs.crval2,

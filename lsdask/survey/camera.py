@@ -89,6 +89,27 @@ class Camera:
     telescope: str = ""
     instrument: str = ""
     filter_names: dict[str, str] = field(default_factory=dict)
+    #: CP images in e-/s (Mosaic-3, 90Prime), not in counts of the whole exposure (DECam):
+    #: legacypipe's MosaicImage/BokImage scale them by EXPTIME where DecamImage adds
+    #: 2.5 log10(EXPTIME) to ``ccdzpt``; survey-ccds' ``ccdzpt`` is per second for all.
+    image_per_second: bool = False
+
+    def expnum(self, primary) -> int:
+        """The exposure number of a CP primary header, as legacypipe reads it: 90Prime's from
+        ``DTACQNAM`` (``.../d7580.0144.fits`` -> 75800144), Mosaic-3's ``EXPNUM`` or, where
+        blank, ``OBSID``'s time (``kp4m.20160125T082555`` -> 160125082555); else ``EXPNUM``."""
+        if self.name == "90prime" and primary.get("DTACQNAM"):
+            base = PurePath(str(primary["DTACQNAM"]).strip()).name
+            base = base.replace(".fits", "").replace(".fz", "")
+            return int(re.sub(r"([a-z]+|\.+)", "", base))
+        value = primary.get("EXPNUM")
+        if value not in (None, "") or self.name != "mosaic" or not primary.get("OBSID"):
+            return int(float(value or 0))
+        return int(str(primary["OBSID"]).strip().split(".")[1].replace("T", "")[2:])
+
+    def counts_per_second(self, exptime: float) -> float:
+        """What to divide the image by to get counts per second."""
+        return 1.0 if self.image_per_second else float(exptime)
 
     @property
     def bands(self) -> tuple[str, ...]:
@@ -134,14 +155,14 @@ CAMERAS: dict[str, Camera] = {
         zp0={"z": 26.552}, k_ext={"z": 0.06},
         gain=1.8, saturation=1.8 * 20000.0, read_noise=6.0,
         telescope="KPNO 4.0 meter telescope", instrument="Mosaic3",
-        filter_names={"z": "zd DECam k1038"}),
+        filter_names={"z": "zd DECam k1038"}, image_per_second=True),
     "90prime": Camera(
         name="90prime", prefix="ksb", ccdnames=("CCD1", "CCD2", "CCD3", "CCD4"),
         ccd_width=4096, ccd_height=4032, pixscale=0.455,
         zp0={"g": 26.93, "r": 27.01}, k_ext={"g": 0.17, "r": 0.10},
         gain=1.4, saturation=1.4 * 60000.0, read_noise=8.0,
         telescope="Bok 2.3-m telescope", instrument="90Prime",
-        filter_names={"g": "g", "r": "bokr"}),
+        filter_names={"g": "g", "r": "bokr"}, image_per_second=True),
 }
 
 _PREFIX = {c.prefix: c.name for c in CAMERAS.values()}
@@ -196,6 +217,22 @@ def camera_of(image_filename: str) -> str:
         if cam in parts:
             return cam
     return ""
+
+
+def band_of_filter(value: str) -> str:
+    """The band of a CP ``FILTER`` card, as legacypipe reads it: its first word, Mosaic-3's
+    ``zd`` being z and 90Prime's ``bokr`` r (``'g DECam SDSS c0001 ...'`` -> ``g``)."""
+    words = str(value).split()
+    if not words:
+        return ""
+    return {"zd": "z", "bokr": "r"}.get(words[0], words[0])[:1].lower()
+
+
+def camera_for(image_filename: str, camera: str = "") -> Camera:
+    """The camera of an image: ``camera`` (e.g. survey-ccds' column) when known, else by the
+    file's naming; DECam when neither tells."""
+    name = (camera or "").strip() or camera_of(image_filename) or "decam"
+    return get_camera(name)
 
 
 def companion(image_filename: str, kind: str) -> str | None:

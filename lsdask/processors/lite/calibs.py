@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.lib.recfunctions  # noqa: F401 (append_fields)
 
+from ...survey.camera import get_camera
 from ...survey.layout import image_basename
 from ...survey.psfex import PsfExModel, poly_terms, read_psfex_all, write_psfex
 from ...survey.splinesky import SPLINESKY_DTYPE, read_splinesky_all, write_splinesky
@@ -240,6 +241,57 @@ def _fallback_psf(ccd: CcdData, pixscale: float) -> PsfExModel:
                       poldeg=0, psf_samp=1.0 / ov, psf_fwhm=fw, ccdname=ccd.ccdname)
 
 
+def calibrate_ccd(ccd: CcdData, expnum: int, meta: dict[str, str]
+                  ) -> tuple[dict, PsfExModel, dict, str | None]:
+    """Sky row, PSF model, the model's extra columns, and why the CCD fell back (or None)."""
+    pixscale = ccd.wcs.pixscale or 0.262
+    h, w = ccd.img.shape
+    failed = None
+    try:
+        sky, srow, _ = fit_sky(ccd)
+    except ValueError as e:
+        failed = f"sky: {e}"
+        med = float(np.median(ccd.img)) if ccd.img.size else 0.0
+        sky = np.full(ccd.img.shape, med)
+        srow = dict(gridw=2, gridh=2, gridvals=np.full((2, 2), med),
+                    xgrid=np.array([0, w - 1]), ygrid=np.array([0, h - 1]), x0=0, y0=0,
+                    order=1, sky_med=med, sig1=np.nan, legpipev=LEGPIPEV)
+    srow.update(expnum=expnum, ccdname=ccd.ccdname,
+                **{k: v for k, v in meta.items() if k != "legpipev"})
+    try:
+        if failed:
+            raise ValueError("no sky model")
+        model, info = fit_psf(ccd, ccd.img - sky, pixscale)
+    except ValueError as e:
+        failed = failed or f"psf: {e}"
+        model, info = _fallback_psf(ccd, pixscale), dict(accepted=0, loaded=0, chi2=0.0)
+    model.expnum = expnum
+    extra = dict(meta, accepted=info["accepted"], loaded=info["loaded"], chi2=info["chi2"])
+    return srow, model, extra, failed
+
+
+def _sky_table(sky_rows: list[dict]) -> np.ndarray:
+    gw = max(r["gridw"] for r in sky_rows)
+    gh = max(r["gridh"] for r in sky_rows)
+    table = np.zeros(len(sky_rows), dtype=SPLINESKY_DTYPE(gh, gw))
+    for i, r in enumerate(sky_rows):
+        for k, v in r.items():
+            if k == "gridvals":
+                table["gridvals"][i][: r["gridh"], : r["gridw"]] = v
+            elif k in ("xgrid", "ygrid"):
+                table[k][i][: len(v)] = v
+            elif k in table.dtype.names:
+                table[k][i] = v
+    return table
+
+
+def _exposure_meta(ex) -> tuple[int, dict[str, str]]:
+    prim = ex.primary
+    expnum = get_camera(ex.camera or "decam").expnum(prim)
+    return expnum, dict(plver=str(prim.get("PLVER", "")), plprocid=str(prim.get("PLPROCID", "")),
+                        procdate=str(prim.get("PROCDATE", "")), legpipev=LEGPIPEV)
+
+
 def run_calibs(layout, image_filename: str, options=None) -> dict[str, Any]:
     """Fit sky and PSF models of every CCD of one exposure; write the merged files.
 
@@ -253,49 +305,16 @@ def run_calibs(layout, image_filename: str, options=None) -> dict[str, Any]:
         return {"image_filename": image_filename, "skipped": True}
     sky_rows, psfs, extras, failed, fwhms = [], [], [], {}, {}
     with open_exposure(layout, image_filename) as ex:
-        prim = ex.primary
-        expnum = int(header_float(prim, ("EXPNUM",), 0))
-        meta = dict(plver=str(prim.get("PLVER", "")), plprocid=str(prim.get("PLPROCID", "")),
-                    procdate=str(prim.get("PROCDATE", "")), legpipev=LEGPIPEV)
+        expnum, meta = _exposure_meta(ex)
         for ext, name in ex.exts:
-            ccd = ex.read_ccd(ext, name)
-            pixscale = ccd.wcs.pixscale or 0.262
-            h, w = ccd.img.shape
-            try:
-                sky, srow, _ = fit_sky(ccd)
-            except ValueError as e:
-                failed[ccd.ccdname] = f"sky: {e}"
-                med = float(np.median(ccd.img)) if ccd.img.size else 0.0
-                sky = np.full(ccd.img.shape, med)
-                srow = dict(gridw=2, gridh=2, gridvals=np.full((2, 2), med),
-                            xgrid=np.array([0, w - 1]), ygrid=np.array([0, h - 1]), x0=0, y0=0,
-                            order=1, sky_med=med, sig1=np.nan, legpipev=LEGPIPEV)
-            srow.update(expnum=expnum, ccdname=ccd.ccdname,
-                        **{k: v for k, v in meta.items() if k != "legpipev"})
+            srow, model, extra, why = calibrate_ccd(ex.read_ccd(ext, name), expnum, meta)
+            if why:
+                failed[name] = why
             sky_rows.append(srow)
-            try:
-                if ccd.ccdname in failed:
-                    raise ValueError("no sky model")
-                model, info = fit_psf(ccd, ccd.img - sky, pixscale)
-            except ValueError as e:
-                failed.setdefault(ccd.ccdname, f"psf: {e}")
-                model, info = _fallback_psf(ccd, pixscale), dict(accepted=0, loaded=0, chi2=0.0)
-            model.expnum = expnum
             psfs.append(model)
-            extras.append(dict(meta, accepted=info["accepted"], loaded=info["loaded"],
-                               chi2=info["chi2"]))
-            fwhms[ccd.ccdname] = float(model.psf_fwhm)
-    gw = max(r["gridw"] for r in sky_rows)
-    gh = max(r["gridh"] for r in sky_rows)
-    table = np.zeros(len(sky_rows), dtype=SPLINESKY_DTYPE(gh, gw))
-    for i, r in enumerate(sky_rows):
-        for k, v in r.items():
-            if k == "gridvals":
-                table["gridvals"][i][: r["gridh"], : r["gridw"]] = v
-            elif k in ("xgrid", "ygrid"):
-                table[k][i][: len(v)] = v
-            elif k in table.dtype.names:
-                table[k][i] = v
+            extras.append(extra)
+            fwhms[name] = float(model.psf_fwhm)
+    table = _sky_table(sky_rows)
     spath = layout.splinesky(image_filename)
     ppath = layout.psfex(image_filename)
     spath.parent.mkdir(parents=True, exist_ok=True)
@@ -309,6 +328,33 @@ def run_calibs(layout, image_filename: str, options=None) -> dict[str, Any]:
             "failed": failed, "fwhm": fwhms, "seconds": round(time.time() - t0, 3),
             "psfex": str(ppath), "splinesky": str(spath),
             "basename": image_basename(image_filename)}
+
+
+def make_missing_calibs(layout, image_filename: str, ccdname: str,
+                        kinds: tuple[str, ...]) -> list[str]:
+    """Fit the missing calibrations (``kinds``: ``psfex``, ``splinesky``) of one CCD and write
+    them as legacypipe's per-CCD files (``layout.calib_single``), as legacypipe's runbrick
+    does unless ``--skip-calibs``; returns the files written."""
+    with open_exposure(layout, image_filename) as ex:
+        expnum, meta = _exposure_meta(ex)
+        ext = {n.upper(): e for e, n in ex.exts}.get(ccdname.upper())
+        if ext is None:
+            from ...errors import InputError
+
+            raise InputError(f"{layout.image(image_filename)}: no CCD {ccdname}")
+        srow, model, extra, why = calibrate_ccd(ex.read_ccd(ext, ccdname), expnum, meta)
+    if why:
+        print(f"{image_filename} CCD {ccdname}: {why}; a fallback model is used", flush=True)
+    out = []
+    if "splinesky" in kinds:
+        path = layout.calib_single(image_filename, ccdname, "splinesky")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out.append(str(write_splinesky(path, _sky_table([srow]))))
+    if "psfex" in kinds:
+        path = layout.calib_single(image_filename, ccdname, "psfex")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out.append(str(write_psfex(path, [model], [extra])))
+    return out
 
 
 def read_calibs(layout, image_filename: str):

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import InputError
-from ...survey.camera import companion
-from ...survey.layout import ReleaseLayout
+from ...survey.camera import camera_for, companion
+from ...survey.layout import ReleaseLayout, image_basename, image_dir
 from ...survey.psfex import read_psfex
 from ...survey.splinesky import read_splinesky
 from ...survey.wcs import TanWCS
@@ -39,15 +39,18 @@ def _s(v) -> str:
 
 
 def calib_path(layout: ReleaseLayout, image_filename: str, ccdname: str, kind: str) -> Path:
-    """The PSF (``kind='psfex'``) or sky (``'splinesky'``) file of a CCD, in whichever layout
-    exists (merged lite/DR9 layout first, then the real ``*-single`` per-CCD layout)."""
+    """The PSF (``kind='psfex'``) or sky (``'splinesky'``) file of a CCD, where legacypipe
+    looks, in its order: the per-CCD ``*-single`` file, the merged per-exposure file, the
+    older merged layout (``calib/<imgdir>/<base>-<kind>.fits``)."""
     merged = layout.psfex(image_filename) if kind == "psfex" else layout.splinesky(image_filename)
-    if merged.is_file():
-        return merged
     single = layout.calib_single(image_filename, ccdname, kind)
-    if single.is_file():
-        return single
-    raise InputError(f"{merged}: {kind} calibration missing (also looked for {single})")
+    old = (layout.calib_dir / image_dir(image_filename)
+           / f"{image_basename(image_filename)}-{kind}.fits")
+    for path in (single, merged, old):
+        if path.is_file():
+            return path
+    raise InputError(f"{merged}: {kind} calibration missing (also looked for {single} "
+                     f"and {old})")
 
 
 class CcdWcs:
@@ -286,8 +289,10 @@ def read_ccd_image(layout: ReleaseLayout, ccd: np.void, row: int, brick_wcs) -> 
     if not (exptime > 0 and np.isfinite(zpt) and zpt > 0):
         raise InputError(f"{path}: CCD {ccdname} has no usable zeropoint/exptime "
                          f"(ccdzpt={zpt}, exptime={exptime})")
-    # counts -> nanomaggies: flux = counts / exptime * 10**((22.5 - zpt) / 2.5)
-    scale = np.float32(10.0 ** ((22.5 - zpt) / 2.5) / exptime)
+    # image -> nanomaggies: flux = counts per second * 10**((22.5 - zpt) / 2.5), counts per
+    # second being the image / exptime (DECam) or the image itself (Mosaic-3, 90Prime: e-/s)
+    cam = camera_for(fn, _s(ccd["camera"]) if "camera" in ccd.dtype.names else "")
+    scale = np.float32(10.0 ** ((22.5 - zpt) / 2.5) / cam.counts_per_second(exptime))
     good = wt > 0  # (False for NaN)
     good &= dq == 0
     good &= np.isfinite(img)

@@ -132,7 +132,8 @@ class Exposure:
         merged.update(hdr)
         h, w = img.shape
         wcs = TanWCS.from_header(merged, width=w, height=h)
-        ccdname = str(hdr.get("CCDNAME", hdr.get("DETPOS", name)) or name).strip()
+        # upper case, as legacyzpts names CCDs (Mosaic-3/90Prime EXTNAMEs are 'ccd1'...)
+        ccdname = str(hdr.get("CCDNAME", hdr.get("DETPOS", name)) or name).strip().upper()
         aw = None
         if "TPV" in str(merged.get("CTYPE1", "")):
             import warnings

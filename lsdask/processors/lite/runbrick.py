@@ -52,7 +52,7 @@ from ...survey.tractor import OPTICAL_BANDS, empty_tractor, validate_tractor, wr
 from ...survey.wcs import TanWCS
 from .. import BrickMemoryError
 from . import brickio, checkpoint, galfit, refstars
-from .ccdimage import CcdImage, overlap_box, read_ccd_image
+from .ccdimage import CcdImage, calib_path, overlap_box, read_ccd_image
 from .coadd import BandCoadd, resample_ccd
 from .detect import Detections, detect
 from .photometry import (
@@ -165,6 +165,7 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
     if len(sel) == 0:
         raise InputError(f"brick {brickname}: no usable CCD (ccd_cuts == 0, bands "
                          f"{','.join(bands)}) touches it")
+    ensure_calibs(layout, sel, make=not getattr(options, "skip_calibs", False))
     need = estimate_memory(wcs, sel, len(bands), threads)
     limit = getattr(options, "memory_limit_gb", None)
     if limit is not None and need > float(limit) * 1e9:
@@ -200,17 +201,18 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
         if os.environ.get(KILL_ENV) == "coadds":
             os.kill(os.getpid(), signal.SIGKILL)
 
-    # the coadd images do not change from here on: with several threads, write them in
-    # forked processes while detection and photometry run
-    early = (_ImageWriter(coadd_jobs(layout, brickname, coadds), wcs, threads,
-                          background=True) if threads > 1 else None)
     t = time.time()
     refs = refstars.brick_refs(layout, wcs)
     det = detect_with_refs(coadds, wcs, refs, float(options.nsigma), threads)
+    co_sky = subtract_coadd_sky(coadds, det.segmap, images)
     timings["detect"] = time.time() - t
+    # the coadd images do not change from here on: with several threads, write them in
+    # forked processes while photometry runs
+    early = (_ImageWriter(coadd_jobs(layout, brickname, coadds), wcs, threads,
+                          background=True) if threads > 1 else None)
     t = time.time()
     cat, models = measure(layout, brick, wcs, sel, coadds, det, bands, kernel, threads, images,
-                          refs=refs)
+                          refs=refs, co_sky=co_sky)
     del images
     timings["photometry"] = time.time() - t
     t = time.time()
@@ -221,7 +223,7 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
     cat["maskbits"] = maskbits[iy, ix]
     cat["release"] = release
     products = write_products(layout, brick, wcs, sel, coadds, models, maskbits, det, uniq,
-                              threads=threads, early=early)
+                              threads=threads, early=early, co_sky=co_sky)
     hdr = tractor_header(brick, release, config_hash, kernel)
     with brickio.atomic_path(layout.tractor(brickname)) as tmp:
         write_tractor(tmp, cat, header={"EXTNAME": "CATALOG"}, primary_header=hdr)
@@ -239,6 +241,29 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
             "memory_estimate_gb": round(need / 1e9, 3), "images_kept": bool(keep_images),
             "timings": timings,
             "tractor": str(layout.tractor(brickname))}
+
+
+def ensure_calibs(layout: ReleaseLayout, sel: np.ndarray, make: bool = True) -> list[str]:
+    """Every CCD's sky and PSF calibration, in any layout lite reads; the missing ones fitted
+    now (``make``) or an InputError naming them. Returns the files written."""
+    from .calibs import make_missing_calibs
+
+    made = []
+    for c in sel:
+        fn, name = _s(c["image_filename"]), _s(c["ccdname"])
+        missing = []
+        for kind in ("psfex", "splinesky"):
+            try:
+                calib_path(layout, fn, name, kind)
+            except InputError:
+                if not make:
+                    raise
+                missing.append(kind)
+        if missing:
+            made += make_missing_calibs(layout, fn, name, tuple(missing))
+            print(f"{fn} CCD {name}: {' and '.join(missing)} calibration missing; "
+                  "fitted now", flush=True)
+    return made
 
 
 # -- coadds ---------------------------------------------------------------------------------
@@ -397,6 +422,24 @@ def make_coadds(layout: ReleaseLayout, sel: np.ndarray, wcs, bands, kernel: str,
 
 
 # -- measurement ----------------------------------------------------------------------------
+def subtract_coadd_sky(coadds, segmap: np.ndarray, images: list | None) -> dict[str, float]:
+    """legacypipe's ``co_sky``: per band, the median coadd pixel outside every source's
+    blob, subtracted from the coadd and (here, or as they are read again: ``co_sky`` of
+    :func:`measure`) from every CCD image of the band before the fits. Returns it by band."""
+    out = {}
+    for b, c in coadds.items():
+        pix = c["image"][(c["invvar"] > 0) & (segmap < 0)]
+        out[b] = float(np.median(pix)) if pix.size else 0.0
+        c["image"][c["invvar"] > 0] -= np.float32(out[b])
+    for im in images or ():
+        _subtract_sky(im, out)
+    return out
+
+
+def _subtract_sky(im: CcdImage, co_sky: dict[str, float]) -> None:
+    im.img[im.ivar > 0] -= np.float32(co_sky.get(im.band, 0.0))
+
+
 def _phot_ccd(im: CcdImage, ra, dec, final: bool):
     """One CCD's PSF-model sums (first pass, for positions), or its forced PSF photometry
     and every model's sums (``final`` pass, at the fitted positions)."""
@@ -405,14 +448,16 @@ def _phot_ccd(im: CcdImage, ra, dec, final: bool):
     return im.band, None, galfit.model_sums_ccd(im, ra, dec, psf_only=True)
 
 
-def _phot_one(layout, sel, i, wcs, ra, dec, final: bool):
+def _phot_one(layout, sel, i, wcs, ra, dec, final: bool, co_sky: dict[str, float]):
     im: CcdImage | None = read_ccd_image(layout, sel[i], i, wcs)
     if im is None:
         return None
+    _subtract_sky(im, co_sky)
     return _phot_ccd(im, ra, dec, final)
 
 
-def _ccd_passes(layout, sel, wcs, images, threads: int, ra, dec, final: bool):
+def _ccd_passes(layout, sel, wcs, images, threads: int, ra, dec, final: bool,
+                co_sky: dict[str, float]):
     """The per-CCD results of one pass, in CCD order (threads; scipy releases the GIL)."""
     if images is not None:
         def job(im):
@@ -420,7 +465,7 @@ def _ccd_passes(layout, sel, wcs, images, threads: int, ra, dec, final: bool):
         items = images
     else:
         def job(i):
-            return _phot_one(layout, sel, i, wcs, ra, dec, final)
+            return _phot_one(layout, sel, i, wcs, ra, dec, final, co_sky)
         items = range(len(sel))
     with ThreadPoolExecutor(threads) as pool:
         yield from (out for out in pool.map(job, items) if out is not None)
@@ -470,9 +515,12 @@ def detect_with_refs(coadds, wcs, refs: np.ndarray, nsigma: float, threads: int 
 
 
 def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kernel: str,
-            threads: int, images: list | None = None, refs: np.ndarray | None = None
+            threads: int, images: list | None = None, refs: np.ndarray | None = None,
+            co_sky: dict[str, float] | None = None
             ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
-    """The tractor catalogue of the detections, and per-band model/chi2 images."""
+    """The tractor catalogue of the detections, and per-band model/chi2 images
+    (``co_sky``: what to subtract from the CCD images read again, by band)."""
+    co_sky = co_sky or {}
     n = len(det)
     order = np.lexsort((det.x, det.y))
     x, y = det.x[order], det.y[order]
@@ -502,14 +550,16 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         # sources keep their catalogue positions): pass 1 with the PSF model only ...
         fw = _median_fwhm(coadds, wcs.pixscale) * wcs.pixscale
         psums = _Sums(coadds, n, 1)
-        for _, _, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, final=False):
+        for _, _, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, False,
+                                    co_sky):
             psums.add(ms)
         ra, dec = _move(ra, dec, psums, _psf_flux(psums), isref, fw)
         # ... pass 2 at the new positions: forced PSF photometry (point-source fluxes,
         # masks, nobs, rchisq) and light-profile fits (PSF / REX / DEV) forced across each
         # band's CCDs, then the second position step (fluxes stay those of pass 2)
         sums = _Sums(coadds, n, galfit.n_models())
-        for band, ph, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, True):
+        for band, ph, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, True,
+                                        co_sky):
             if band in accs:
                 accumulate(accs[band], ph)
             sums.add(ms)
@@ -680,7 +730,8 @@ def coadd_jobs(layout: ReleaseLayout, name: str, coadds, models=None,
 
 def write_products(layout: ReleaseLayout, brick: Brick, wcs, sel, coadds, models, maskbits,
                    det: Detections, uniq: np.ndarray, threads: int = 1,
-                   early: _ImageWriter | None = None) -> list[Path]:
+                   early: _ImageWriter | None = None,
+                   co_sky: dict[str, float] | None = None) -> list[Path]:
     """Every per-brick product except the tractor file and the sha256sum (``early``: the
     coadd-only images, already being written)."""
     name = brick.brickname
@@ -693,7 +744,7 @@ def write_products(layout: ReleaseLayout, brick: Brick, wcs, sel, coadds, models
     late = _ImageWriter(jobs, wcs, threads, background=threads > 1)
     depth = brickio.depth_table(coadds, uniq, tuple(dict.fromkeys(OPTICAL_BANDS + tuple(coadds))))
     tables = [brickio.write_table(layout.coadd(name, "depth.fits"), depth, {"BRICKNAM": name})]
-    ccdtab = ccds_table(sel, wcs)
+    ccdtab = ccds_table(sel, wcs, co_sky)
     tables.append(brickio.write_table(layout.coadd(name, "ccds.fits"), ccdtab,
                                       {"BRICKNAM": name}, extname="CCDS"))
     tables.append(brickio.rgb_jpeg(layout.coadd(name, "image.jpg"), coadds))
@@ -746,12 +797,15 @@ class _ImageWriter:
             self.pool.shutdown()
 
 
-def ccds_table(sel: np.ndarray, wcs) -> np.ndarray:
-    """The brick's CCDs with DR9's ``ccd_x0, ccd_y0, ccd_x1, ccd_y1`` overlap box added."""
-    extra = [("ccd_x0", "i2"), ("ccd_y0", "i2"), ("ccd_x1", "i2"), ("ccd_y1", "i2")]
+def ccds_table(sel: np.ndarray, wcs, co_sky: dict[str, float] | None = None) -> np.ndarray:
+    """The brick's CCDs with DR9's ``ccd_x0, ccd_y0, ccd_x1, ccd_y1`` overlap box and the
+    ``co_sky`` subtracted from them added."""
+    extra = [("ccd_x0", "i2"), ("ccd_y0", "i2"), ("ccd_x1", "i2"), ("ccd_y1", "i2"),
+             ("co_sky", "f4")]
     out = np.zeros(len(sel), dtype=sel.dtype.descr + extra)
     for n in sel.dtype.names:
         out[n] = sel[n]
+    out["co_sky"] = [(co_sky or {}).get(_s(f), 0.0) for f in sel["filter"]]
     for i, c in enumerate(sel):
         box = overlap_box(c, wcs)
         if box is not None:

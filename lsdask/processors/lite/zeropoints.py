@@ -5,12 +5,14 @@ CCD's sky model, PSF photometry with the CCD's PSF model (forced flux at the
 reference position, then flux + position), and
 
 - ``ccdzpt`` = 2.5-sigma clipped median of ``ref_mag - inst_mag`` over stars with
-  ``mag_lo <= ref_mag <= mag_hi`` and S/N > 10, ``inst_mag = -2.5 log10(flux/exptime)``
-  in image counts (so ``flux_nmgy = counts / exptime * 10**(-0.4 (ccdzpt - 22.5))``);
+  ``mag_lo <= ref_mag <= mag_hi`` and S/N > 10, ``inst_mag = -2.5 log10(counts/s)``
+  (so ``flux_nmgy = counts/s * 10**(-0.4 (ccdzpt - 22.5))``; counts/s is the image
+  divided by ``exptime`` for DECam, the image itself for Mosaic-3 and 90Prime, whose CP
+  images are in e-/s, as legacypipe reads them);
   ``ccdphrms`` their clipped rms, ``ccdnphotom`` their number;
 - ``ccdraoff/ccddecoff`` = median(ref - fit) in arcsec, ``ccdrarms/ccddecrms`` after
   a 3-sigma clip, ``ccdnastrom``;
-- ``sig1 = 1/sqrt(median(ivar))/exptime`` in nanomaggies; ``skyrms``, ``ccdskycounts``
+- ``sig1 = 1/sqrt(median(ivar))`` per second, in nanomaggies; ``skyrms``, ``ccdskycounts``
   (counts/s/pixel), ``ccdskysb`` (mag/arcsec^2); ``fwhm`` (pixels, the PSF model's);
   ``psfnorm_mean``, ``galnorm_mean`` (0.45" exponential), ``psfdepth``, ``galdepth``;
 - ``zpt`` = median ``ccdzpt`` of the exposure's good CCDs, ``phrms`` its rms.
@@ -41,7 +43,7 @@ import numpy as np
 
 from ...atomic import atomic_path
 from ...errors import InputError
-from ...survey.camera import get_camera
+from ...survey.camera import band_of_filter, get_camera
 from ...survey.ccds import CCD_CUTS, SURVEY_CCDS_DTYPE
 from ...survey.psfex import PsfExModel, read_psfex, read_psfex_all
 from ...survey.refcat import read_refstars
@@ -154,8 +156,10 @@ def _segmentation(ccd: CcdData, sub: np.ndarray) -> np.ndarray | None:
 
 
 def _measure_ccd(ccd: CcdData, psf: PsfExModel, sky: SplineSky, refs: np.ndarray, band: str,
-                 exptime: float, options) -> tuple[dict, np.ndarray]:
-    """Zeropoint quantities of one CCD (raises ValueError when it cannot be measured)."""
+                 per_second: float, options) -> tuple[dict, np.ndarray]:
+    """Zeropoint quantities of one CCD (raises ValueError when it cannot be measured);
+    ``per_second``: what the image is divided by to get counts per second (the exposure
+    time, or 1 for cameras whose CP images are in e-/s)."""
     h, w = ccd.img.shape
     if not np.any(ccd.ivar > 0):
         raise ValueError("all-zero weight map")
@@ -171,11 +175,11 @@ def _measure_ccd(ccd: CcdData, psf: PsfExModel, sky: SplineSky, refs: np.ndarray
     out: dict[str, Any] = dict(fwhm=fwhm, psfnorm_mean=psfnorm,
                                galnorm_mean=_galnorm(stamp, pixscale))
     med_ivar = float(np.median(ccd.ivar[ccd.good])) if ccd.good.any() else 0.0
-    sig1_counts = 1.0 / math.sqrt(med_ivar) / exptime if med_ivar > 0 else float("nan")
+    sig1_counts = 1.0 / math.sqrt(med_ivar) / per_second if med_ivar > 0 else float("nan")
     resid = sub[ccd.good]
-    out["skyrms"] = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) / exptime
+    out["skyrms"] = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) / per_second
     sky_med = float(np.median(skyimg))
-    out["ccdskycounts"] = sky_med / exptime
+    out["ccdskycounts"] = sky_med / per_second
     # photometry; other detections are masked around each star
     rows = []
     seg = _segmentation(ccd, sub)
@@ -207,7 +211,7 @@ def _measure_ccd(ccd: CcdData, psf: PsfExModel, sky: SplineSky, refs: np.ndarray
             r["flux"], r["flux_ivar"], r["forced_flux"] = ph.flux, ph.flux_ivar, ph.forced_flux
             snr = ph.flux * math.sqrt(ph.flux_ivar) if ph.flux_ivar > 0 else 0.0
             if ph.ok and ph.flux > 0:
-                r["dmag"] = mag[i] + 2.5 * math.log10(ph.flux / exptime)
+                r["dmag"] = mag[i] + 2.5 * math.log10(ph.flux / per_second)
                 fra, fdec = (np.atleast_1d(v) for v in ccd.pix2sky(ph.x, ph.y))
                 r["dra"] = float((refs["ra"][i] - fra[0] + 180) % 360 - 180) * math.cos(
                     math.radians(refs["dec"][i])) * 3600
@@ -259,8 +263,7 @@ def run_zeropoints(layout, image_filename: str, options=None) -> dict[str, Any]:
     with open_exposure(layout, image_filename) as ex:
         prim = ex.primary
         cam = get_camera(ex.camera or "decam")
-        filt = str(prim.get("FILTER", "")).strip()
-        band = str(prim.get("BAND", filt[:1] if filt else "")).strip()[:1]
+        band = band_of_filter(prim.get("FILTER", "")) or str(prim.get("BAND", "")).strip()[:1]
         exptime = header_float(prim, ("EXPTIME",), 0.0)
         airmass = header_float(prim, ("AIRMASS",), 1.0)
         gain = header_float(prim, ("GAIN", "GAINA"), cam.gain)
@@ -291,7 +294,7 @@ def run_zeropoints(layout, image_filename: str, options=None) -> dict[str, Any]:
             row["image_filename"] = image_filename
             row["image_hdu"] = ccd.ext
             row["camera"] = cam.name
-            row["expnum"] = int(header_float(prim, ("EXPNUM",), 0))
+            row["expnum"] = cam.expnum(prim)
             for k, key in (("plver", "PLVER"), ("procdate", "PROCDATE"), ("plprocid", "PLPROCID"),
                            ("object", "OBJECT"), ("propid", "PROPID")):
                 row[k] = str(prim.get(key, ""))[: SURVEY_CCDS_DTYPE[k].itemsize // 4]
@@ -312,7 +315,8 @@ def run_zeropoints(layout, image_filename: str, options=None) -> dict[str, Any]:
                 cuts |= CCD_CUTS["exptime"]
             try:
                 psf, sky = _ccd_calib(layout, image_filename, ccd.ccdname, psfs, skies)
-                m, phot = _measure_ccd(ccd, psf, sky, refs, band, max(exptime, 1e-3), options)
+                m, phot = _measure_ccd(ccd, psf, sky, refs, band,
+                                       cam.counts_per_second(max(exptime, 1e-3)), options)
                 phots.append(phot)
                 for k in ("fwhm", "ccdzpt", "ccdphrms", "ccdnphotom", "ccdnastrom", "ccdraoff",
                           "ccddecoff", "ccdrarms", "ccddecrms", "skyrms", "ccdskycounts",
