@@ -44,7 +44,7 @@ td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;white-space:nowrap
 td.n{text-align:right}td.w{white-space:normal}
 .notyet{color:#777;font-style:italic}.fail{color:#b00}
 figure{display:inline-block;margin:.3em;text-align:center;font-size:85%}
-img{max-width:100%}nav a{margin-right:1em}"""
+img{max-width:100%}nav a{margin-right:1em}summary{margin:.8em 0;cursor:pointer}"""
 
 
 class Report:
@@ -75,11 +75,10 @@ class Report:
     def img(self, path: Path, alt: str) -> str:
         return f'<img src="{self.href(path)}" alt="{html.escape(alt)}">'
 
-    def timed(self, stage: str | None = None) -> list[dict]:
+    def timed(self) -> list[dict]:
         """Finished tasks with a start, an end and a wall time."""
         return [t for t in self.tasks if t["state"] in ("succeeded", "failed")
-                and t["start"] and t["end"] and t["wall"] is not None
-                and (stage is None or t["stage"] == stage)]
+                and t["start"] and t["end"] and t["wall"] is not None]
 
     # -- sections -------------------------------------------------------------------------
     def stages(self) -> str:
@@ -88,9 +87,9 @@ class Report:
             return notyet("no task has run yet (no ledger)")
         head = ["stage", "to do", "running", "done", "failed", "blocked", "failures by class",
                 "core-h", "task wall-h", "span", "ETA h"]
-        rows = []
+        rows, timed = [], self.timed()
         for stage, r in st.iterrows():
-            ts = [t for t in self.timed() if t["stage"] == stage]
+            ts = [t for t in timed if t["stage"] == stage]
             span = (max(t["end"] for t in ts) - min(t["start"] for t in ts)) if ts else 0.0
             fails = ", ".join(f"{c.split(':', 1)[1]} {int(r[c])}" for c in st.columns
                               if c.startswith("failed:") and r[c])
@@ -103,13 +102,14 @@ class Report:
         if failed:
             rows = [[t["stage"], self.link(self.layout.log(t["stage"], t["key"]), t["key"]),
                      t["failure_class"] or "error", t["attempt"],
-                     html.escape((t["message"] or "")[:300])]
+                     html.escape(shorten(t["message"] or "", 300))]
                     for t in failed[:MAX_FAILED_LISTED]]
-            out += (f"<h3>Failed tasks ({len(failed)})</h3>"
+            more = len(failed) - len(rows)
+            out += (f"<details{' open' if len(failed) <= 20 else ''}><summary>"
+                    f"<b>Failed tasks ({len(failed)})</b></summary>"
                     + table(["stage", "task (its log)", "class", "attempts", "message"], rows,
-                            raw=True, id="failed-tasks"))
-            if len(failed) > MAX_FAILED_LISTED:
-                out += f"<p>... and {len(failed) - MAX_FAILED_LISTED} more</p>"
+                            raw=True, id="failed-tasks")
+                    + (f"<p>... and {more} more</p>" if more > 0 else "") + "</details>")
         return out
 
     def runs_section(self) -> str:
@@ -156,6 +156,8 @@ class Report:
             return notyet("no depth summary (the depth stage has not run)")
         t = fitsio.read(str(lay.depth_table()))
         bands = [b for b in self.release.config.bands if f"PSFDEPTH_{b.upper()}" in t.dtype.names]
+        if not bands or not len(t):
+            return notyet("no brick in the depth table")
         names = [n.strip() for n in t["BRICKNAME"].astype(str)]
         m = plots.sky_depth(names, {b: t[f"PSFDEPTH_{b.upper()}"] for b in bands},
                             lay.report_plot("sky-depth"))
@@ -310,6 +312,10 @@ def table(head: list[str], rows: list[list], raw: bool = False, id: str = "") ->
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     trs = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
     return f'<table{f" id={id!r}" if id else ""}><tr>{th}</tr>{trs}</table>'
+
+
+def shorten(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def when(t: float | None) -> str:

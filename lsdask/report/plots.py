@@ -73,8 +73,9 @@ def sky_states(bricks: Sequence[str], states: Sequence[str], path: Path) -> Path
     boxes = brick_boxes(bricks)
     fig = Figure(figsize=(7, 5))
     ax = fig.subplots()
+    edges = dict(edgecolors="white", linewidths=0.5) if len(boxes) < 2000 else {}
     ax.add_collection(PolyCollection(_boxes(boxes), facecolors=[STATE_COLORS[s] for s in states],
-                                     edgecolors="white", linewidths=0.5))
+                                     **edges))
     _sky_axes(ax, boxes)
     n = {s: list(states).count(s) for s in STATE_COLORS}
     ax.legend(handles=[Patch(color=c, label=f"{s} ({n[s]})") for s, c in STATE_COLORS.items()],
@@ -142,12 +143,12 @@ def timeline(tasks: list[dict], run_starts: Sequence[float], path: Path) -> Path
     lane = {w: i for i, w in enumerate(workers)}
     stages = list(dict.fromkeys(t["stage"] for t in tasks))
     cmap = {st: f"C{i % 10}" for i, st in enumerate(stages)}
-    fig = Figure(figsize=(9, 1.2 + 0.35 * len(workers)))
+    fig = Figure(figsize=(9, min(1.2 + 0.35 * len(workers), 10)))
     ax = fig.subplots()
     segs = [[((t["start"] - t0) / scale, lane[t["worker"] or "driver"]),
              ((t["end"] - t0) / scale, lane[t["worker"] or "driver"])] for t in tasks]
     ax.add_collection(LineCollection(segs, colors=[cmap[t["stage"]] for t in tasks],
-                                     linewidths=8))
+                                     linewidths=max(1.0, min(8.0, 200 / len(workers)))))
     bad = [s[1] for s, t in zip(segs, tasks, strict=True) if t["state"] == "failed"]
     if bad:
         ax.scatter(*np.array(bad).T, marker="x", color="black", zorder=3, label="failed")
@@ -155,7 +156,11 @@ def timeline(tasks: list[dict], run_starts: Sequence[float], path: Path) -> Path
         ax.axvline((r - t0) / scale, color="grey", ls=":", lw=1)
     ax.set_xlim(-0.02 * span / scale, 1.02 * span / scale)
     ax.set_ylim(-0.7, len(workers) - 0.3)
-    ax.set_yticks(range(len(workers)), [w.replace("tcp://", "") for w in workers], fontsize=7)
+    if len(workers) <= 30:
+        ax.set_yticks(range(len(workers)), [w.replace("tcp://", "") for w in workers], fontsize=7)
+    else:  # too many to name
+        ax.set_yticks([])
+        ax.set_ylabel(f"{len(workers)} workers")
     ax.set_xlabel(f"time since the first task ({unit})")
     ax.legend(handles=[Patch(color=c, label=s) for s, c in cmap.items()], fontsize=7,
               loc="upper left", bbox_to_anchor=(1.01, 1.0))
