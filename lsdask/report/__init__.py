@@ -153,7 +153,7 @@ class Report:
 
         lay = self.layout
         if not (lay.depth_table().exists() and lay.depth_summary().exists()):
-            return notyet("no depth summary (the depth stage has not run)")
+            return notyet("no depth summary (made by the depth stage)")
         t = fitsio.read(str(lay.depth_table()))
         bands = [b for b in self.release.config.bands if f"PSFDEPTH_{b.upper()}" in t.dtype.names]
         if not bands or not len(t):
@@ -187,7 +187,7 @@ class Report:
 
         path = self.layout.survey_ccds
         if not path.exists():
-            return notyet("no survey-ccds table (the ccds stage has not run)")
+            return notyet("no survey-ccds table (made by the ccds stage)")
         names = fitsio.FITS(str(path))[1].get_colnames()
         want = ["camera", "filter", "mjd_obs", "zpt", "ccdzpt", "fwhm", "cd1_1", "cd1_2",
                 "cd2_1", "cd2_2", "ccdskysb", "ccdskycounts", "psfdepth", "ccd_cuts"]
