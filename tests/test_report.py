@@ -40,7 +40,7 @@ SETTINGS = DemoSettings(ramin=180.0, ramax=180.35, decmin=32.0, decmax=32.5, ban
 def built(tmp_path_factory):
     """The release, run once: the first g exposure truncated, so its calibs fail (``input``),
     its zeropoints and the 2 bricks it touches are blocked; the third brick is done and
-    the whole-release stages (depth ...) run. Returns (release, run result)."""
+    the whole-release stages (depth ...) run. Returns (release, run result, the failed key)."""
     d = tmp_path_factory.mktemp("report")
     simulate_demo(d, SETTINGS)
     release = Release.from_config(write_demo_config(d, SETTINGS))
@@ -53,8 +53,7 @@ def built(tmp_path_factory):
             res = release.run(client, progress=False)
     finally:
         cluster.close()
-    release.bad_key = image_key(bad.relative_to(release.layout.images_dir).as_posix())
-    return release, res
+    return release, res, image_key(bad.relative_to(release.layout.images_dir).as_posix())
 
 
 class Page(HTMLParser):
@@ -109,7 +108,7 @@ def check_png(path: Path) -> None:
 
 
 def test_run_refreshes_the_report_and_lsdask_report_writes_it(built, capsys):
-    release, res = built
+    release, res, bad_key = built
     layout = release.layout
     index = layout.report_index
     assert res.run_report == str(index) and index.exists()  # refreshed at the run's end
@@ -132,8 +131,8 @@ def test_run_refreshes_the_report_and_lsdask_report_writes_it(built, capsys):
     assert calibs[6] == "input 1" and float(calibs[7]) > 0  # failures by class, core-hours
     # the failed task, linking its own log
     _, failed = page.rows["failed-tasks"]
-    assert failed[:3] == ["calibs", release.bad_key, "input"]
-    log = layout.log("calibs", release.bad_key)
+    assert failed[:3] == ["calibs", bad_key, "input"]
+    log = layout.log("calibs", bad_key)
     assert log.exists() and log.resolve() in [local_target(layout.report_dir, h)
                                               for h in page.hrefs]
     # every relative link and image resolves; the plots are valid PNGs
@@ -161,7 +160,7 @@ def test_run_refreshes_the_report_and_lsdask_report_writes_it(built, capsys):
 
 
 def test_demo_summary_ends_with_the_report_path(built):
-    release, res = built
+    release, res, _ = built
     lines = format_summary(summarize(release, res, 1.0)).splitlines()
     assert lines[-1] == f"report: {release.layout.report_index}"
 
@@ -189,7 +188,7 @@ def test_half_run_release_says_not_yet(tmp_path):
 
 
 def test_a_failing_report_is_one_warning_not_an_error(built, monkeypatch, caplog):
-    release, _ = built
+    release, _, _ = built
 
     def broken(_release):
         raise OSError("disk on fire\nsecond line")
@@ -267,7 +266,7 @@ def chromium() -> str:
 
 
 def test_report_in_headless_chromium(chromium, built):
-    release, _ = built
+    release, _, _ = built
     layout = release.layout
     assert main(["report", str(release.config.path)]) == 0
     browser = Chromium(chromium)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..atomic import write_text_atomic
+from ..atomic import atomic_path, write_text_atomic
 from . import plots
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,8 @@ class Report:
         path = self.layout.survey_ccds
         if not path.exists():
             return notyet("no survey-ccds table (made by the ccds stage)")
-        names = fitsio.FITS(str(path))[1].get_colnames()
+        with fitsio.FITS(str(path)) as f:
+            names = f[1].get_colnames()
         want = ["camera", "filter", "mjd_obs", "zpt", "ccdzpt", "fwhm", "cd1_1", "cd1_2",
                 "cd2_1", "cd2_2", "ccdskysb", "ccdskycounts", "psfdepth", "ccd_cuts"]
         d = fitsio.read(str(path), columns=[c for c in want if c in names])
@@ -239,10 +240,9 @@ class Report:
         out = []
         for b, why in picks.items():
             thumb = lay.report_thumbnail(b)
-            with Image.open(lay.coadd(b, "image.jpg")) as im:
+            with Image.open(lay.coadd(b, "image.jpg")) as im, atomic_path(thumb) as tmp:
                 im.thumbnail((THUMBNAIL, THUMBNAIL))
-                thumb.parent.mkdir(parents=True, exist_ok=True)
-                im.convert("RGB").save(thumb, "JPEG", quality=85)
+                im.convert("RGB").save(tmp, "JPEG", quality=85)
             tractor = lay.tractor(b)
             n = fitsio.read_header(str(tractor), ext=1).get("NAXIS2", 0) if tractor.exists() \
                 else "?"
