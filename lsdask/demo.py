@@ -247,6 +247,7 @@ def summarize(release, res, elapsed: float) -> dict[str, Any]:
         "post": {k: (v is not None) for k, v in res.post.items()},
         "sweeps_dir": str(layout.sweeps_dir),
         "report": res.report,
+        "run_report": res.run_report,
         "dashboard": res.dashboard,
         "status": st,
         "elapsed": elapsed,
@@ -276,4 +277,5 @@ def format_summary(s: dict[str, Any]) -> str:
         "",
         f"next: lsdask status {s['config']} | lsdask tasks {s['config']} --stage runbrick | "
         f"lsdask logs {s['config']} <brick>",
+        f"report: {s['run_report'] or 'not written (see the warning above)'}",
     ])

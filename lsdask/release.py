@@ -42,6 +42,8 @@ class RunResult:
     plans: dict[str, Any] = field(default_factory=dict)
     post: dict[str, Any] = field(default_factory=dict)
     report: str | None = None
+    #: the HTML run report (``report/index.html``), refreshed at the end of the run
+    run_report: str | None = None
     dashboard: str | None = None
     elapsed: float = 0.0
     #: after the run, from the ledger: failed tasks (this run or earlier) by class, and
@@ -96,7 +98,8 @@ class Release:
             window: int | None = None, report: bool = True, child: bool = True,
             echo=None, force_keys: dict[str, Sequence[str]] | None = None) -> RunResult:
         """Run ``stages`` (default: all) on ``client`` (default: a cluster from the config's
-        profile, closed afterwards). ``force``: stage names to redo (True: all);
+        profile, closed afterwards). ``report``: write the Dask performance report and refresh
+        the HTML run report at the end. ``force``: stage names to redo (True: all);
         ``force_keys``: {stage: keys} to redo, with what is made from them (``lsdask rerun``)."""
         from .graphs.stages import build, normalize_stages
         from .jobqueue import (
@@ -178,6 +181,21 @@ class Release:
                 ledger.close()
             if own_cluster is not None:
                 close_cluster(client, own_cluster)
+            if report and outcome not in ("interrupted", "terminated"):
+                path = self.refresh_report()
+                result.run_report = str(path) if path else None
+
+    def refresh_report(self) -> Path | None:
+        """Rewrite the HTML run report (:func:`lsdask.report.write_report`); best effort: a
+        failure is one warning line and None, never an exception."""
+        try:
+            from .report import write_report
+
+            return write_report(self)
+        except Exception as e:  # noqa: BLE001 - the report never fails a run
+            first = (str(e).splitlines() or [""])[0]
+            log.warning("run report not refreshed: %s: %s", type(e).__name__, first)
+            return None
 
     def _run_whole(self, ctx: Context, ledger: Ledger, stage: str, client,
                    before: dict[str, Any]) -> dict | None:

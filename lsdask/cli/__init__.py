@@ -29,6 +29,7 @@ COMMANDS = [
     "run",
     "launch",
     "status",
+    "report",
     "tasks",
     "retry",
     "rerun",

@@ -162,6 +162,8 @@ def print_result(res, config: Path | str = "CONFIG") -> None:
         print(f"  {st}: {'not available/configured' if v is None else v}", file=out)
     if res.report:
         print(f"  performance report: {res.report}", file=out)
+    if res.run_report:
+        print(f"  run report: {res.run_report}", file=out)
     if res.ok:
         print(f"lsdask run: ok in {res.elapsed:.1f} s", file=out)
         return

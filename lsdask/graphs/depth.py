@@ -154,13 +154,11 @@ def run_depth(layout, client=None, bands: list[str] | None = None,
 
 def plot_depth(summary: np.ndarray, bands: list[str], path: str | Path) -> None:
     """PNG: cumulative area (deg^2) with 5-sigma point-source depth >= x, per band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global state, no backend switch
 
     colors = {"g": "tab:green", "r": "tab:red", "z": "tab:purple"}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     lo = np.clip(summary["DEPTHLO"], 20.0, None)
     for b in bands:
         area = summary[f"AREA_PTSRC_{b.upper()}"]
@@ -177,7 +175,6 @@ def plot_depth(summary: np.ndarray, bands: list[str], path: str | Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def read_depth_tables(layout):

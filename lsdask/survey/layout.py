@@ -331,6 +331,24 @@ class ReleaseLayout:
     def report_dir(self) -> Path:
         return self.release_dir / "report"
 
+    @property
+    def report_index(self) -> Path:
+        """The HTML run report (``lsdask report``): ``report/index.html``."""
+        return self.report_dir / "index.html"
+
+    def report_plot(self, name: str) -> Path:
+        """A plot of the run report: ``report/<name>.png``."""
+        return self.report_dir / f"{name}.png"
+
+    def report_thumbnail(self, brick: str) -> Path:
+        """A brick's gallery image in the run report: ``report/gallery/<brick>.jpg``."""
+        return self.report_dir / "gallery" / f"{brick}.jpg"
+
+    @property
+    def report_screenshot(self) -> Path:
+        """A browser's screenshot of the run report (made by the tests)."""
+        return self.report_dir / "screenshot.png"
+
     def performance_report(self, run_id: int) -> Path:
         return self.report_dir / f"dask-performance-run{run_id}.html"
 
