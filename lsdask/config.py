@@ -197,6 +197,8 @@ class ClusterOptions:
     # 1.2 x the p95 peak RSS the ledger observed for the stage, whichever is larger)
     task_memory: dict[str, str] = field(default_factory=dict)
     window: int = 1000  # tasks in flight at once
+    status_every: float = 60.0  # seconds between status lines of a run with no terminal
+    report_every: float = 600.0  # seconds between run-report refreshes while running (0: off)
 
 
 @dataclass
@@ -452,6 +454,10 @@ def _check_values(cfg: ReleaseConfig, file: str) -> None:
         raise bad("stages.match.radius", "must be > 0 arcsec")
     if cfg.cluster.window < 1:
         raise bad("cluster.window", "must be >= 1")
+    if cfg.cluster.status_every <= 0:
+        raise bad("cluster.status_every", "must be > 0 seconds")
+    if cfg.cluster.report_every < 0:
+        raise bad("cluster.report_every", "must be >= 0 seconds (0: only at the end)")
     try:
         from .jobqueue import Profile
 

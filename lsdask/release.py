@@ -151,9 +151,13 @@ class Release:
                 if task_stages:
                     b = build(ctx, stages, client=client)
                     result.plans = b.plans
+                    every = self.config.cluster.report_every
                     runner = Runner(client, ledger, window=window or self.config.cluster.window,
                                     progress=progress, use_resources=uses_resources(client),
-                                    desc=self.name, echo=echo)
+                                    desc=self.name, echo=echo,
+                                    status_every=self.config.cluster.status_every,
+                                    tick=(every, self.refresh_report)
+                                    if report and every > 0 else None)
                     result.dashboard = _link(client)
                     result.summary = runner.run(b.tasks)
                 for stage in stages:

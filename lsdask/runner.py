@@ -142,20 +142,42 @@ def in_notebook() -> bool:
 
 
 class _Progress:
-    def __init__(self, total: int, mode: str | bool | None, desc: str):
+    """A bar in a terminal or Jupyter; with no terminal (a batch job, scrontab: ``mode`` None
+    or ``"log"``), a one-line status every ``every`` seconds on stderr (the job's log)."""
+
+    def __init__(self, total: int, mode: str | bool | None, desc: str, every: float = 60.0):
         self.bar = None
+        self.total, self.done, self.desc, self.every = total, 0, desc, every
+        self.t0 = time.monotonic()
+        self.next = self.t0 + every
         if mode is None:
-            mode = "notebook" if in_notebook() else ("tqdm" if sys.stderr.isatty() else False)
+            mode = "notebook" if in_notebook() else ("tqdm" if sys.stderr.isatty() else "log")
+        self.log = mode == "log" and total > 0
         if mode in ("tqdm", True, "notebook") and total:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit="task", file=sys.stderr)
 
+    def status_line(self, postfix: str = "") -> str:
+        """``desc: done/total tasks (pct %), rate/min, ETA``, and failures/retries."""
+        minutes = max(time.monotonic() - self.t0, 1e-9) / 60
+        rate = self.done / minutes
+        left = self.total - self.done
+        eta = (f"ETA {left / rate / 60:.1f} h" if rate > 0 and left else
+               "ETA -" if left else "all done")
+        return (f"{self.desc}: {self.done}/{self.total} tasks "
+                f"({100 * self.done / self.total:.0f} %), {rate:.1f}/min, {eta}"
+                + (f"; {postfix}" if postfix else ""))
+
     def update(self, n: int, postfix: str = "") -> None:
+        self.done += n
         if self.bar is not None and n:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix_str(postfix, refresh=False)
+        if self.log and time.monotonic() >= self.next:
+            self.next = time.monotonic() + self.every
+            print(self.status_line(postfix), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -167,8 +189,15 @@ class Runner:
 
     def __init__(self, client, ledger: Ledger, window: int = 1000,
                  progress: str | bool | None = None, use_resources: bool = True,
-                 desc: str = "lsdask", echo: Callable[[str], None] | None = None):
+                 desc: str = "lsdask", echo: Callable[[str], None] | None = None,
+                 status_every: float = 60.0,
+                 tick: tuple[float, Callable[[], Any]] | None = None):
+        """``status_every``: seconds between status lines when there is no terminal;
+        ``tick``: (seconds, fn): call ``fn`` from the driver that often while it runs (the
+        ledger committed first), e.g. to refresh the run report."""
         self.client = client
+        self.status_every = status_every
+        self.tick = tick
         self.ledger = ledger
         self.window = max(1, int(window))
         self.progress = progress
@@ -412,7 +441,8 @@ class Runner:
         ac = as_completed()
         inflight = 0
         last_batch = time.monotonic()
-        bar = _Progress(len(tasks), self.progress, self.desc)
+        bar = _Progress(len(tasks), self.progress, self.desc, self.status_every)
+        next_tick = time.monotonic() + self.tick[0] if self.tick else None
         try:
             while todo or blocked or inflight:
                 self.ledger.check_lock()
@@ -471,6 +501,10 @@ class Runner:
                     blocked.extend(requeue)
                 bar.update(ndone, self._postfix(summary))
                 self.ledger.maybe_commit()
+                if next_tick is not None and time.monotonic() >= next_tick:
+                    self.ledger.commit()
+                    self.tick[1]()
+                    next_tick = time.monotonic() + self.tick[0]
         finally:
             bar.close()
             if subscribed:

@@ -145,3 +145,28 @@ def test_oom_retried_with_half_threads(tmp_path, monkeypatch):
     assert all(r["threads"] == 4 and r["attempt"] == 1 for r in others)
     done = [k for w, k in completions(comp) if w == "runbrick"]
     assert done.count(victim) == 1 and len(done) == len(set(done))
+
+
+def test_status_lines_and_ticks_without_a_terminal(tmp_path, client, capsys):
+    """No terminal: a one-line status (counts, rate, ETA, failures) every ``status_every``
+    seconds in the driver's log; ``tick`` is called while tasks run, the ledger committed."""
+    led = Ledger(tmp_path / "l.sqlite")
+    led.acquire(heartbeat=False)
+    led.start_run("x", ["t"])
+    seen = []
+
+    def tick():
+        with Ledger.open_readonly(tmp_path / "l.sqlite") as ro:
+            seen.append(sum(1 for _ in ro.tasks("t", "succeeded")))
+
+    tasks = [Task(TaskSpec("t", f"k{i}", "lsdask.task:sleep", {"seconds": 0.5})) for i in range(6)]
+    tasks.append(Task(TaskSpec("t", "bad", "lsdask.task:sleep", {"seconds": "x"})))
+    s = Runner(client, led, progress="log", desc="rel", status_every=0.01,
+               tick=(0.01, tick)).run(tasks)
+    led.close()
+    assert s.succeeded["t"] == 6 and s.failed["t"] == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("rel: ")]
+    assert lines and lines[-1].startswith("rel: 7/7 tasks (100 %)")
+    assert "all done; failed 1" in lines[-1] and "/min" in lines[-1]
+    assert len(lines) >= 2 and all(" ETA " in ln for ln in lines[:-1]), lines
+    assert seen and seen == sorted(seen) and seen[-1] >= 1  # the committed ledger, growing
