@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 
 import fitsio
@@ -311,8 +312,12 @@ def test_missing_calib_is_input_error_and_bad_checkpoint_ignored(sim_brick, tmp_
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "images").symlink_to(layout.survey_dir / "images")  # images but no calibs
-    with pytest.raises(InputError, match="psfex|splinesky"):
-        run_runbrick(ReleaseLayout(bare, tmp_path / "out"), BRICK, ccds, "grz", opts)
+    # told not to fit missing calibrations (legacypipe's --skip-calibs): an error naming them
+    # (without it they are fitted on the fly: tests/test_lite_vs_legacypipe.py)
+    with pytest.raises(InputError, match="psfex calibration missing"):
+        run_runbrick(ReleaseLayout(bare, tmp_path / "out"), BRICK, ccds, "grz",
+                     dataclasses.replace(opts, skip_calibs=True))
+    assert not (bare / "calib").exists()
     # a corrupt checkpoint is ignored (the brick is recomputed), not fatal
     rel = ReleaseLayout(layout.survey_dir, tmp_path / "rel")
     rel.checkpoint(BRICK).parent.mkdir(parents=True)
