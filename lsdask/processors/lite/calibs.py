@@ -7,7 +7,10 @@ order, sky_med, sky_john, sig1, percentiles ...``), one row per CCD.
 
 PSF: bright, unsaturated, isolated, compact detections (neighbours masked with the
 segmentation map) are fitted with circular Moffats for their centres, then jointly
-for one beta and a FWHM linear in position (degree 0 with fewer than 15 stars). The
+(each with its own flux and sky pedestal) for one beta and a FWHM linear in position
+(degree 0 with fewer than 15 stars). The exposure's beta is the error-weighted mean
+of its CCDs' betas, and each CCD's FWHM is refitted at it (a CCD fitted alone on the
+fly keeps its own). The
 model is written in the real merged PsfEx format (``psf_mask[3, 63, 63]`` basis for
 a degree-1 polynomial in X_IMAGE, Y_IMAGE; unit sum; ``psf_fwhm`` in pixels), so
 :mod:`lsdask.survey.psfex` reads lite and real models alike. Undersampled images
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,7 +38,14 @@ from ...survey.layout import image_basename
 from ...survey.psfex import PsfExModel, poly_terms, read_psfex_all, write_psfex
 from ...survey.splinesky import SPLINESKY_DTYPE, read_splinesky_all, write_splinesky
 from .ccdio import CcdData, header_float, open_exposure
-from .psfphot import fit_moffat, fit_moffat_shared, moffat_stamp, pixel_oversample
+from .psfphot import (
+    BETA_BOUNDS,
+    MoffatShape,
+    fit_moffat,
+    fit_moffat_shared,
+    moffat_stamp,
+    pixel_oversample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +175,25 @@ def _stamp_ivar(ccd: CcdData, seg: np.ndarray, sl, segid: int) -> np.ndarray:
     return ccd.ivar[sl] * ccd.good[sl] * ((s == 0) | (s == segid))
 
 
-def fit_psf(ccd: CcdData, sub: np.ndarray, pixscale: float) -> tuple[PsfExModel, dict]:
-    """PsfEx-format Moffat model of one CCD from its stars (raises ValueError when none)."""
+@dataclass
+class PsfStars:
+    """The star stamps of one CCD a PSF shape is fitted to."""
+    stamps: np.ndarray
+    ivars: np.ndarray
+    offsets: np.ndarray  # sub-pixel centre of each star in its stamp
+    uv: np.ndarray | None  # normalised positions (None: too few stars for a linear FWHM)
+    oversample: int
+    polzero: tuple[float, float]
+    polscal: tuple[float, float]
+    fwhm0: float
+    beta0: float
+    loaded: int
+    chi2: float
+
+
+def psf_stars(ccd: CcdData, sub: np.ndarray, pixscale: float) -> PsfStars:
+    """Bright isolated stars of one CCD, each fitted alone for its centre (raises
+    ValueError when fewer than 3 are usable)."""
     h, w = sub.shape
     fw_hdr = header_float(ccd.hdr, ("FWHM",), 1.3 / pixscale)
     half = int(np.clip(math.ceil(2.5 * fw_hdr), 6, 15))
@@ -194,26 +222,54 @@ def fit_psf(ccd: CcdData, sub: np.ndarray, pixscale: float) -> tuple[PsfExModel,
         ivs.append(_stamp_ivar(ccd, seg, sl, p[2]))
         offs.append((p[0] - ix, p[1] - iy))
         uv.append(((p[0] + 1 - polzero[0]) / polscal[0], (p[1] + 1 - polzero[1]) / polscal[1]))
-    deg = 1 if len(stamps) >= 15 else 0
-    f0, fu, fv, beta = fit_moffat_shared(
-        np.array(stamps), np.array(ivs), np.array(offs), float(np.median([f.fwhm for f in fits])),
-        float(np.clip(np.median([f.beta for f in fits]), 2.0, 6.0)),
-        uv=np.array(uv) if deg else None, oversample=ov)
-    coef = np.array([f0, fu, fv])
-    chi = [f.chi2 for f in fits]
-    # PsfEx basis: least squares over a 3x3 grid of positions
+    return PsfStars(np.array(stamps), np.array(ivs), np.array(offs),
+                    np.array(uv) if len(stamps) >= 15 else None, ov, polzero, polscal,
+                    fwhm0=float(np.median([f.fwhm for f in fits])),
+                    beta0=float(np.clip(np.median([f.beta for f in fits]), 2.0, 6.0)),
+                    loaded=len(cand), chi2=float(np.median([f.chi2 for f in fits])))
+
+
+def fit_shape(stars: PsfStars, beta: float | None = None) -> MoffatShape:
+    """The CCD's Moffat shape from its stars, with beta free or held at ``beta``."""
+    return fit_moffat_shared(stars.stamps, stars.ivars, stars.offsets, stars.fwhm0,
+                             stars.beta0, uv=stars.uv, oversample=stars.oversample, beta=beta)
+
+
+def exposure_beta(shapes: list[MoffatShape]) -> float | None:
+    """One beta for an exposure: the error-weighted mean of its CCDs' free fits (beta
+    is set by the atmosphere and barely changes over the focal plane, while one small
+    CCD's stars constrain it only to ~0.3; a beta error biases PSF fluxes by
+    ~0.03 mag). None with fewer than two CCDs fitted away from the bounds."""
+    ok = [s for s in shapes if s.beta_err > 0 and BETA_BOUNDS[0] < s.beta < BETA_BOUNDS[1]]
+    if len(ok) < 2:
+        return None
+    b = np.array([s.beta for s in ok])
+    w = 1.0 / np.array([s.beta_err for s in ok]) ** 2
+    return float(np.sum(w * b) / np.sum(w))
+
+
+def psf_model(stars: PsfStars, shape: MoffatShape, ccdname: str) -> tuple[PsfExModel, dict]:
+    """The PsfEx-format model of a Moffat shape (the basis fitted over a 3 x 3 grid)."""
+    deg = 0 if stars.uv is None else 1
     nodes = [(a, b) for a in (-0.5, 0.0, 0.5) for b in (-0.5, 0.0, 0.5)]
     T = np.array([poly_terms(a, b, deg) for a, b in nodes])
-    imgs = np.array([_model_image(max(0.5, coef[0] + coef[1] * a + coef[2] * b), beta, ov)
-                     for a, b in nodes])
+    imgs = np.array([_model_image(max(0.5, shape.f0 + shape.fu * a + shape.fv * b), shape.beta,
+                                  stars.oversample) for a, b in nodes])
     n = imgs.shape[-1]
     basis, *_ = np.linalg.lstsq(T, imgs.reshape(len(nodes), -1), rcond=None)
-    model = PsfExModel(psf_mask=basis.reshape(-1, n, n),
-                       polzero=polzero, polscal=polscal, poldeg=deg, psf_samp=1.0 / ov,
-                       psf_fwhm=float(coef[0]), ccdname=ccd.ccdname)
-    info = dict(accepted=len(stamps), loaded=len(cand), chi2=float(np.median(chi)) if chi else 0.0,
-                moffat_beta=beta, oversample=ov)
+    model = PsfExModel(psf_mask=basis.reshape(-1, n, n), polzero=stars.polzero,
+                       polscal=stars.polscal, poldeg=deg, psf_samp=1.0 / stars.oversample,
+                       psf_fwhm=float(shape.f0), ccdname=ccdname)
+    info = dict(accepted=len(stars.stamps), loaded=stars.loaded, chi2=stars.chi2,
+                moffat_beta=shape.beta, oversample=stars.oversample)
     return model, info
+
+
+def fit_psf(ccd: CcdData, sub: np.ndarray, pixscale: float) -> tuple[PsfExModel, dict]:
+    """PsfEx-format Moffat model of one CCD from its own stars alone (raises ValueError
+    when none)."""
+    stars = psf_stars(ccd, sub, pixscale)
+    return psf_model(stars, fit_shape(stars), ccd.ccdname)
 
 
 FINE_HALF = 15  # native half-size of finely sampled models (undersampled images)
@@ -241,9 +297,20 @@ def _fallback_psf(ccd: CcdData, pixscale: float) -> PsfExModel:
                       poldeg=0, psf_samp=1.0 / ov, psf_fwhm=fw, ccdname=ccd.ccdname)
 
 
-def calibrate_ccd(ccd: CcdData, expnum: int, meta: dict[str, str]
-                  ) -> tuple[dict, PsfExModel, dict, str | None]:
-    """Sky row, PSF model, the model's extra columns, and why the CCD fell back (or None)."""
+@dataclass
+class CcdCalib:
+    """One CCD measured: its sky row, and its PSF stars with their own Moffat shape (or
+    the fallback model and why), before the exposure's beta is known."""
+    srow: dict
+    extra: dict
+    stars: PsfStars | None = None
+    shape: MoffatShape | None = None
+    fallback: PsfExModel | None = None
+    failed: str | None = None
+
+
+def measure_ccd(ccd: CcdData, expnum: int, meta: dict[str, str]) -> CcdCalib:
+    """Fit one CCD's sky, pick its PSF stars and fit their Moffat shape with beta free."""
     pixscale = ccd.wcs.pixscale or 0.262
     h, w = ccd.img.shape
     failed = None
@@ -258,16 +325,40 @@ def calibrate_ccd(ccd: CcdData, expnum: int, meta: dict[str, str]
                     order=1, sky_med=med, sig1=np.nan, legpipev=LEGPIPEV)
     srow.update(expnum=expnum, ccdname=ccd.ccdname,
                 **{k: v for k, v in meta.items() if k != "legpipev"})
+    out = CcdCalib(srow, dict(meta))
     try:
         if failed:
             raise ValueError("no sky model")
-        model, info = fit_psf(ccd, ccd.img - sky, pixscale)
+        out.stars = psf_stars(ccd, ccd.img - sky, pixscale)
+        out.shape = fit_shape(out.stars)
     except ValueError as e:
-        failed = failed or f"psf: {e}"
-        model, info = _fallback_psf(ccd, pixscale), dict(accepted=0, loaded=0, chi2=0.0)
+        out.failed = failed or f"psf: {e}"
+        out.fallback = _fallback_psf(ccd, pixscale)
+    out.failed = out.failed or failed
+    return out
+
+
+def ccd_model(c: CcdCalib, ccdname: str, expnum: int, beta: float | None = None
+              ) -> tuple[PsfExModel, dict]:
+    """The CCD's PSF model and its extra columns; with ``beta`` (the exposure's), the
+    FWHM is refitted at that beta."""
+    if c.stars is None:
+        model, info = c.fallback, dict(accepted=0, loaded=0, chi2=0.0)
+    else:
+        shape = c.shape if beta is None else fit_shape(c.stars, beta)
+        model, info = psf_model(c.stars, shape, ccdname)
     model.expnum = expnum
-    extra = dict(meta, accepted=info["accepted"], loaded=info["loaded"], chi2=info["chi2"])
-    return srow, model, extra, failed
+    return model, dict(c.extra, accepted=info["accepted"], loaded=info["loaded"],
+                       chi2=info["chi2"])
+
+
+def calibrate_ccd(ccd: CcdData, expnum: int, meta: dict[str, str]
+                  ) -> tuple[dict, PsfExModel, dict, str | None]:
+    """One CCD alone (its own beta): sky row, PSF model, the model's extra columns, and
+    why the CCD fell back (or None)."""
+    c = measure_ccd(ccd, expnum, meta)
+    model, extra = ccd_model(c, ccd.ccdname, expnum)
+    return c.srow, model, extra, c.failed
 
 
 def _sky_table(sky_rows: list[dict]) -> np.ndarray:
@@ -306,14 +397,17 @@ def run_calibs(layout, image_filename: str, options=None) -> dict[str, Any]:
     sky_rows, psfs, extras, failed, fwhms = [], [], [], {}, {}
     with open_exposure(layout, image_filename) as ex:
         expnum, meta = _exposure_meta(ex)
-        for ext, name in ex.exts:
-            srow, model, extra, why = calibrate_ccd(ex.read_ccd(ext, name), expnum, meta)
-            if why:
-                failed[name] = why
-            sky_rows.append(srow)
-            psfs.append(model)
-            extras.append(extra)
-            fwhms[name] = float(model.psf_fwhm)
+        measured = {name: measure_ccd(ex.read_ccd(ext, name), expnum, meta)
+                    for ext, name in ex.exts}
+    beta = exposure_beta([c.shape for c in measured.values() if c.shape is not None])
+    for name, c in measured.items():
+        model, extra = ccd_model(c, name, expnum, beta)
+        if c.failed:
+            failed[name] = c.failed
+        sky_rows.append(c.srow)
+        psfs.append(model)
+        extras.append(extra)
+        fwhms[name] = float(model.psf_fwhm)
     table = _sky_table(sky_rows)
     spath = layout.splinesky(image_filename)
     ppath = layout.psfex(image_filename)

@@ -2,6 +2,8 @@
 
 - :func:`moffat_stamp`: circular Moffat on pixel centres (unit integral).
 - :func:`fit_moffat`: fit flux, centre, FWHM, beta of one star stamp.
+- :func:`fit_moffat_shared`: one Moffat shape (FWHM linear in position, one beta) for
+  many star stamps.
 - :func:`shifted_psf`: a PsfEx model's unit-sum stamp shifted to a sub-pixel centre.
 - :func:`psf_photometry`: forced PSF flux at a position, then a flux + position fit
   (Gauss-Newton with the stamp's gradients), with inverse-variance errors.
@@ -189,14 +191,29 @@ def psf_photometry(img: np.ndarray, ivar: np.ndarray, psf_stamp, x: float,
                    forced_flux_ivar=fivar, chi2=chi2, ok=bool(ok and flux_ivar > 0))
 
 
+@dataclass
+class MoffatShape:
+    """A CCD's Moffat PSF: ``fwhm = f0 + fu u + fv v`` (normalised position) and one beta,
+    with the 1-sigma error of beta (0 when it was held fixed)."""
+    f0: float
+    fu: float
+    fv: float
+    beta: float
+    beta_err: float
+
+
+BETA_BOUNDS = (1.3, 15.0)
+
+
 def fit_moffat_shared(stamps: np.ndarray, ivars: np.ndarray, offsets: np.ndarray,
                       fwhm0: float, beta0: float = 3.5, uv: np.ndarray | None = None,
-                      oversample: int = 1) -> tuple[float, float, float, float]:
+                      oversample: int = 1, beta: float | None = None) -> MoffatShape:
     """Joint Moffat fit of several star stamps with known centre offsets: FWHM linear in
-    the stars' normalised positions ``uv`` (``fwhm = f0 + fu u + fv v``; constant when
-    ``uv`` is None) and one beta; each star's flux is solved linearly. Returns
-    ``(f0, fu, fv, beta)``. Fitting all stars at once beats averaging single-star
-    fits, whose FWHM and beta are degenerate and noisy."""
+    the stars' normalised positions ``uv`` (constant when ``uv`` is None) and one beta
+    (free, or held at ``beta``). Each star's flux and a constant sky pedestal (the light
+    of faint neighbours and the sky model's local error, which would otherwise read as
+    wings and bias beta low) are solved linearly. Fitting all stars at once beats
+    averaging single-star fits, whose FWHM and beta are degenerate and noisy."""
     from scipy.optimize import least_squares
 
     half = stamps.shape[1] // 2
@@ -209,26 +226,36 @@ def fit_moffat_shared(stamps: np.ndarray, ivars: np.ndarray, offsets: np.ndarray
     r2 = dxs ** 2 + dys ** 2
     sw = np.sqrt(ivars)
     lin = uv is not None
+    s_1 = np.sum(ivars, axis=(1, 2))
+    s_d = np.sum(ivars * stamps, axis=(1, 2))
 
     def resid(p):
-        beta = p[-1]
+        b = p[-1] if beta is None else beta
         fw = np.full(len(stamps), p[0])
         if lin:
             fw = fw + p[1] * uv[:, 0] + p[2] * uv[:, 1]
         fw = np.maximum(fw, 0.5)
-        alpha = fw / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+        alpha = fw / (2.0 * np.sqrt(2.0 ** (1.0 / b) - 1.0))
         a2 = (alpha * alpha)[:, None, None]
-        m = (beta - 1.0) / (np.pi * a2) * (1.0 + r2 / a2) ** (-beta)
+        m = (b - 1.0) / (np.pi * a2) * (1.0 + r2 / a2) ** (-b)
         if n > 1:
             m = m.reshape(len(stamps), m_, n, m_, n).mean(axis=(2, 4))
-        a = np.sum(ivars * m * m, axis=(1, 2))
-        f = np.sum(ivars * m * stamps, axis=(1, 2)) / np.maximum(a, 1e-30)
-        return (sw * (stamps - f[:, None, None] * m)).ravel()
+        s_mm = np.sum(ivars * m * m, axis=(1, 2))
+        s_m = np.sum(ivars * m, axis=(1, 2))
+        s_md = np.sum(ivars * m * stamps, axis=(1, 2))
+        det = np.maximum(s_mm * s_1 - s_m * s_m, 1e-30)
+        flux = (s_md * s_1 - s_m * s_d) / det
+        sky = (s_mm * s_d - s_m * s_md) / det
+        return (sw * (stamps - flux[:, None, None] * m - sky[:, None, None])).ravel()
 
-    p0 = [fwhm0] + ([0.0, 0.0] if lin else []) + [beta0]
-    lo = [0.5] + ([-np.inf, -np.inf] if lin else []) + [1.3]
-    hi = [np.inf] + ([np.inf, np.inf] if lin else []) + [15.0]
+    p0 = [fwhm0] + ([0.0, 0.0] if lin else []) + ([beta0] if beta is None else [])
+    lo = [0.5] + ([-np.inf, -np.inf] if lin else []) + ([BETA_BOUNDS[0]] if beta is None else [])
+    hi = [np.inf] + ([np.inf, np.inf] if lin else []) + ([BETA_BOUNDS[1]] if beta is None else [])
     r = least_squares(resid, p0, bounds=(lo, hi), x_scale="jac", max_nfev=200)
-    if lin:
-        return float(r.x[0]), float(r.x[1]), float(r.x[2]), float(r.x[3])
-    return float(r.x[0]), 0.0, 0.0, float(r.x[1])
+    f0, fu, fv = (r.x[0], r.x[1], r.x[2]) if lin else (r.x[0], 0.0, 0.0)
+    if beta is not None:
+        return MoffatShape(float(f0), float(fu), float(fv), float(beta), 0.0)
+    dof = max(1, np.count_nonzero(ivars) - len(r.x) - 2 * len(stamps))
+    cov = np.linalg.pinv(r.jac.T @ r.jac) * (2.0 * r.cost / dof)
+    return MoffatShape(float(f0), float(fu), float(fv), float(r.x[-1]),
+                       float(np.sqrt(max(cov[-1, -1], 0.0))))
