@@ -62,6 +62,9 @@ def releases(tmp_path_factory):
     mp.setenv("LSDASK_LEGACYPIPE_PREFIX", str(prefix))
     root = tmp_path_factory.mktemp("lzp")
     out = {p: _release(root / p, p) for p in ("lite", "legacypipe")}
+    cwd = root / "cwd"  # the workers' working directory: legacyzpts must leave nothing there
+    cwd.mkdir()
+    mp.chdir(cwd)
     cluster = make_cluster("local", n_workers=2)
     try:
         with Client(cluster) as client:
@@ -72,6 +75,8 @@ def releases(tmp_path_factory):
     finally:
         cluster.close()
         mp.undo()
+    # PsfEx writes psfex_out.cat into its working directory: a scratch one, not the worker's
+    assert sorted(p.name for p in cwd.iterdir()) == [], list(cwd.iterdir())
     return out
 
 

@@ -126,6 +126,11 @@ def reference_env(settings: Any, survey_dir: Path) -> dict[str, str]:
         v = getattr(settings, key, None)
         if v is not None:
             env[var] = str(v)
+    for var in ("GAIA_CAT_DIR", "TYCHO2_KD_DIR", "PS1CAT_DIR", "DUST_DIR", "LARGEGALAXIES_CAT",
+                "SKY_TEMPLATE_DIR", "UNWISE_COADDS_DIR", "UNWISE_COADDS_TIMERESOLVED_DIR",
+                "UNWISE_MODEL_SKY_DIR"):
+        if var in env:  # a task may run in a scratch working directory
+            env[var] = os.path.abspath(env[var])
     return env
 
 

@@ -11,6 +11,7 @@ paths of ``layout.psfex`` / ``layout.splinesky``); without it, the
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,18 @@ def _settings(settings: Any):
     return settings
 
 
+def _legacyzpts(launcher, args: list[str], what: str) -> None:
+    """legacyzpts in a scratch working directory, removed after: PsfEx writes its
+    ``psfex_out.cat`` into the working directory (every path lsdask passes is absolute)."""
+    with tempfile.TemporaryDirectory(prefix="lsdask-legacyzpts-") as tmp:
+        run(launcher, MODULE, args, cwd=Path(tmp), what=what)
+
+
+def _absolute(layout: ReleaseLayout) -> ReleaseLayout:
+    return ReleaseLayout(layout.survey_dir.absolute(), layout.release_dir.absolute(),
+                         layout.name, layout.sweep_version)
+
+
 def _base_args(layout: ReleaseLayout, image_filename: str) -> list[str]:
     if not layout.image(image_filename).is_file():
         raise InputError(f"{layout.image(image_filename)}: image file missing")
@@ -59,13 +72,14 @@ def run_calibs(layout: ReleaseLayout, image_filename: str, options: Any,
                settings: Any = None) -> dict[str, Any]:
     """PsfEx and spline-sky calibrations of every CCD of one image."""
     settings = _settings(settings)
+    layout = _absolute(layout)
     launcher = make_launcher(settings, layout.survey_dir)
     _remove_for_redo(options, layout.psfex(image_filename), layout.splinesky(image_filename),
                      layout.single_dir(image_filename, "psfex"),
                      layout.single_dir(image_filename, "sky"))
     args = [*_base_args(layout, image_filename), "--run-calibs-only",
             *(str(a) for a in settings.zeropoints_args)]
-    run(launcher, MODULE, args, what=f"calibs {image_filename}")
+    _legacyzpts(launcher, args, f"calibs {image_filename}")
     if not calibs_done(layout, image_filename):
         raise InputError(f"calibs {image_filename}: legacyzpts wrote no valid "
                          f"{layout.psfex(image_filename)} / {layout.splinesky(image_filename)}")
@@ -96,11 +110,12 @@ def run_zeropoints(layout: ReleaseLayout, image_filename: str, options: Any,
     import fitsio
 
     settings = _settings(settings)
+    layout = _absolute(layout)
     launcher = make_launcher(settings, layout.survey_dir)
     _remove_for_redo(options, layout.zeropoints(image_filename), layout.photom(image_filename))
     args = [*_base_args(layout, image_filename), "--outdir", str(layout.zpt_dir),
             *(str(a) for a in settings.zeropoints_args)]
-    run(launcher, MODULE, args, what=f"zeropoints {image_filename}")
+    _legacyzpts(launcher, args, f"zeropoints {image_filename}")
     ann = layout.zeropoints(image_filename)
     if not _valid_table(ann):
         raise InputError(f"zeropoints {image_filename}: legacyzpts wrote no valid {ann} "
