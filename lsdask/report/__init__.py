@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..atomic import atomic_path, write_text_atomic
+from ..progress import format_eta
 from . import plots
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ GALLERY_RANDOM = 6
 GALLERY_WORST = 3
 THUMBNAIL = 256
 #: A table cell right-aligned as a number (or a duration).
-NUMBER = re.compile(r"-?[0-9.]+( (s|min|h))?")
+NUMBER = re.compile(r"(<|-)?[0-9.]+( (s|min|h))?")
 #: Failed tasks listed one by one (the rest are counted).
 MAX_FAILED_LISTED = 200
 
@@ -86,17 +87,17 @@ class Report:
         if not len(st):
             return notyet("no task has run yet (no ledger)")
         head = ["stage", "to do", "running", "done", "failed", "blocked", "failures by class",
-                "core-h", "task wall-h", "span", "ETA h"]
+                "core-h", "task wall-h", "span", "ETA"]
         rows, timed = [], self.timed()
         for stage, r in st.iterrows():
             ts = [t for t in timed if t["stage"] == stage]
             span = (max(t["end"] for t in ts) - min(t["start"] for t in ts)) if ts else 0.0
             fails = ", ".join(f"{c.split(':', 1)[1]} {int(r[c])}" for c in st.columns
                               if c.startswith("failed:") and r[c])
-            eta = "-" if r["eta_hours"] != r["eta_hours"] else f"{r['eta_hours']:.2f}"
             rows.append([stage, int(r["pending"]), int(r["running"]), int(r["succeeded"]),
                          int(r["failed"]), int(r["blocked"]), fails, f"{r['core_hours']:.3f}",
-                         f"{sum(t['wall'] for t in ts) / 3600:.3f}", duration(span), eta])
+                         f"{sum(t['wall'] for t in ts) / 3600:.3f}", duration(span),
+                         format_eta(r["eta_hours"])])
         out = table(head, rows, id="stages-table")
         failed = [t for t in self.tasks if t["state"] == "failed"]
         if failed:
