@@ -259,7 +259,8 @@ class Runner:
                 self.ledger.record(stage, key, "failed", attempt, count_failure=False,
                                    final=False, failure_class="walltime",
                                    message=f"worker {last.get('worker')} retired at its "
-                                           f"lifetime", threads=task.spec.threads, **last)
+                                           f"lifetime", threads=task.spec.threads, **last,
+                                   **_started(task))
                 summary.retried[stage] += 1
                 self._resubmit(task)
                 requeue.append(task)
@@ -280,8 +281,7 @@ class Runner:
                 msg = f"worker lost: {exc}"[:2000]
                 self.ledger.record(stage, key, "failed", attempt, count_failure=True,
                                    final=final, failure_class="worker-lost", message=msg,
-                                   threads=task.spec.threads,
-                                   **_last_worker(exc))
+                                   threads=task.spec.threads, **last, **_started(task))
                 if final:
                     task.done, task.result = True, {"status": "failed",
                                                     "failure_class": "worker-lost",
@@ -477,6 +477,12 @@ def _exception(future) -> Any:
         return future.exception(timeout=30)
     except Exception as e:  # noqa: BLE001
         return e
+
+
+def _started(task: Task) -> dict[str, Any]:
+    """When and in which Slurm job the task's attempt started, as its worker reported it."""
+    msg = getattr(task, "_started_on", None) or {}
+    return {"start": msg.get("start"), "slurm_job_id": msg.get("slurm_job_id")}
 
 
 def _last_worker(exc) -> dict[str, Any]:

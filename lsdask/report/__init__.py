@@ -57,10 +57,12 @@ class Report:
         self.dir = self.layout.report_dir
         self.tasks: list[dict] = []
         self.runs: list[dict] = []
+        self.attempts: list[dict] = []  # every attempt, for the timeline
         self.errors: list[str] = []  # sections that could not be made
         if self.layout.ledger.exists():
             with release.ledger() as led:
                 self.tasks, self.runs = led.tasks(), led.runs()
+                self.attempts = led.all_attempts()
 
     # -- helpers --------------------------------------------------------------------------
     def href(self, path: Path) -> str:
@@ -177,9 +179,11 @@ class Report:
         if mem:
             out += "<h3>Peak memory vs duration</h3>" + self.img(
                 plots.memory(mem, self.layout.report_plot("memory")), "memory")
-        out += "<h3>Timeline</h3>" + self.img(
-            plots.timeline(done, [r["start"] for r in self.runs if r["start"]],
-                           self.layout.report_plot("timeline")), "timeline")
+        attempts = [a for a in self.attempts if a["end"]]
+        if attempts:
+            out += "<h3>Timeline (every attempt)</h3>" + self.img(
+                plots.timeline(attempts, [r["start"] for r in self.runs if r["start"]],
+                               self.layout.report_plot("timeline")), "timeline")
         return out
 
     def exposures(self) -> str:
