@@ -67,14 +67,15 @@ def widgets_available() -> bool:
 
 class StageBars:
     """One ipywidgets bar per stage, displayed in the cell's output; each bar's description
-    says ``stage: finished/total, failed, blocked, rate, ETA``."""
+    says ``stage: finished/total, failed, blocked, rate, ETA``, the rate counted from the
+    stage's first finished task (stages wait for their inputs, so not from the run's start)."""
 
     def __init__(self, totals: dict[str, int], title: str):
         import ipywidgets as w
         from IPython.display import display
 
         self.totals = dict(totals)
-        self.started: dict[str, float] = {}  # stage -> when its first task was submitted
+        self.first: dict[str, tuple[float, int]] = {}  # stage -> (when, how many) first done
         self.bars = {st: w.IntProgress(value=0, min=0, max=max(n, 1),
                                        description=f"{st}: 0/{n}",
                                        style={"description_width": "initial"},
@@ -83,22 +84,26 @@ class StageBars:
         self.box = w.VBox([w.HTML(f"<b>{html.escape(title)}</b>"), *self.bars.values()])
         display(self.box)
 
-    def update(self, summary: RunSummary, now: float | None = None) -> None:
-        """Bars from the run's counts (a :class:`~lsdask.runner.RunSummary`)."""
+    def update(self, summary: RunSummary, draw: bool = True, now: float | None = None) -> None:
+        """Follow the run's counts (a :class:`~lsdask.runner.RunSummary`); ``draw``: also
+        send them to the bars."""
         now = time.monotonic() if now is None else now
         for st, bar in self.bars.items():
-            if summary.submitted.get(st):
-                self.started.setdefault(st, now)
             failed, blocked = summary.failed.get(st, 0), summary.blocked.get(st, 0)
             done = summary.succeeded.get(st, 0) + failed + blocked
+            if done and st not in self.first:
+                self.first[st] = (now, done)
+            if not draw:
+                continue
             total = self.totals[st]
             parts = [f"{st}: {done}/{total}"]
             if failed:
                 parts.append(f"{failed} failed")
             if blocked:
                 parts.append(f"{blocked} blocked")
-            if st in self.started:
-                rate, eta = rate_and_eta(done, total, now - self.started[st])
+            if st in self.first:
+                t1, d1 = self.first[st]
+                rate, eta = rate_and_eta(done - d1, total - d1, now - t1)
                 parts += [f"{rate:.1f}/min", eta]
             bar.value = done
             bar.description = ", ".join(parts)
@@ -150,9 +155,10 @@ class Progress:
                 self.bar.set_postfix_str(postfix, refresh=False)
         if self.widget is not None and summary is not None:
             self.summary = summary
-            if time.monotonic() >= self.next_widget:
+            draw = time.monotonic() >= self.next_widget
+            if draw:
                 self.next_widget = time.monotonic() + WIDGET_EVERY
-                self.widget.update(summary)
+            self.widget.update(summary, draw)
         if self.log and time.monotonic() >= self.next:
             self.next = time.monotonic() + self.every
             print(self.status_line(postfix), file=sys.stderr, flush=True)

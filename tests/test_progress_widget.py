@@ -5,29 +5,37 @@ state the notebook keeps says the counts."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-pytest.importorskip("ipywidgets")
+from lsdask import progress
+from lsdask.progress import Progress
+from lsdask.runner import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEW = "application/vnd.jupyter.widget-view+json"
 
 FAKE = """\
+import time
+
 import lsdask
 from lsdask.progress import Progress
 from lsdask.runner import RunSummary
 
 s = RunSummary()
-p = Progress(7, None, "fake", stages={"calibs": 4, "runbrick": 3})
-s.submitted["calibs"] = 4
+p = Progress(8, None, "fake", stages={"calibs": 4, "runbrick": 4})
+s.submitted["calibs"], s.submitted["runbrick"] = 4, 4
 s.succeeded["calibs"], s.failed["calibs"] = 3, 1
 p.update(4, "failed 1", s)
-s.submitted["runbrick"], s.succeeded["runbrick"] = 3, 2
-p.update(2, "failed 1", s)
+s.succeeded["runbrick"] = 1
+p.update(1, "failed 1", s)
+time.sleep(0.05)
+s.succeeded["runbrick"] = 2
+p.update(1, "failed 1", s)
 p.close()
 print("lsdask from", lsdask.__file__, "widget", type(p.widget).__name__, "log", p.log)
 """
@@ -67,6 +75,7 @@ def bars(nb, cell) -> tuple[str, dict[str, dict]]:
 
 
 def test_stage_bars_in_a_notebook(tmp_path):
+    pytest.importorskip("ipywidgets")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(FAKE),
                                          nbformat.v4.new_code_cell(RUN)])
     NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
@@ -81,8 +90,8 @@ def test_stage_bars_in_a_notebook(tmp_path):
     assert (calibs["value"], calibs["max"], calibs["bar_style"]) == (4, 4, "danger")
     assert calibs["description"].startswith("calibs: 4/4, 1 failed, ")
     assert calibs["description"].endswith("/min, all done")
-    assert (runbrick["value"], runbrick["max"], runbrick["bar_style"]) == (2, 3, "")
-    assert runbrick["description"].startswith("runbrick: 2/3, ")
+    assert (runbrick["value"], runbrick["max"], runbrick["bar_style"]) == (2, 4, "")
+    assert runbrick["description"].startswith("runbrick: 2/4, ")
     assert "/min, ETA <1 min" in runbrick["description"]
     # the runner in a kernel picks the bars by itself; its final counts
     out = "".join(o.get("text", "") for o in run["outputs"] if o.get("name") == "stdout")
@@ -93,3 +102,15 @@ def test_stage_bars_in_a_notebook(tmp_path):
     assert b["a"]["description"].startswith("a: 3/3, ") and "all done" in b["a"]["description"]
     assert (b["b"]["value"], b["b"]["max"], b["b"]["bar_style"]) == (1, 1, "danger")
     assert b["b"]["description"].startswith("b: 1/1, 1 failed, ")
+
+
+def test_a_kernel_without_ipywidgets_gets_status_lines(monkeypatch, capsys):
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets: ImportError
+    p = Progress(2, None, "plain", every=0.0, stages={"a": 2})
+    assert p.widget is None and p.bar is None and p.log
+    s = RunSummary()
+    s.submitted["a"], s.succeeded["a"] = 2, 2
+    p.update(2, "", s)
+    p.close()
+    assert capsys.readouterr().err.startswith("plain: 2/2 tasks (100 %), ")
