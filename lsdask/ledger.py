@@ -14,7 +14,9 @@ on a local disk. Tables:
   counted, threads, failure class (``input``, ``oom``, ``killed``, ``timeout``,
   ``worker-lost``, ``walltime``, ``error``),
   message, worker, host, Slurm job id, start/end, wall and CPU seconds, peak RSS.
-- ``attempts``: the history, one row per finished (or abandoned) attempt.
+- ``attempts``: the history, one row per finished (or abandoned) attempt; an attempt a
+  killed or interrupted driver left running is recorded ``abandoned`` when the next run
+  starts (its task back to pending).
 - ``runs``: run id, config hash, versions, user, host, start/end, outcome.
 - ``lock``: the driver holding the release (pid, host, heartbeat).
 
@@ -314,7 +316,27 @@ class Ledger:
                  os.getpid(), ",".join(stages), time.time()))
             self.run_id = int(cur.lastrowid)
             self._con.execute("UPDATE lock SET run_id = ? WHERE id = 1", (self.run_id,))
+            self._abandon_running()
         return self.run_id
+
+    def _abandon_running(self) -> None:
+        """Tasks an earlier driver left ``running`` (it was killed or interrupted): each such
+        attempt gets an ``abandoned`` attempts row (its start and worker as known; its end:
+        that run's end, else the last time that run recorded, an attempt's end or a task's
+        start), and the task goes back to ``pending``."""
+        end_of_run = ("COALESCE((SELECT r.end FROM runs r WHERE r.run_id = t.run_id), "
+                      "(SELECT MAX(x) FROM (SELECT a.end AS x FROM attempts a "
+                      "WHERE a.run_id = t.run_id UNION ALL SELECT u.start FROM tasks u "
+                      "WHERE u.run_id = t.run_id)), t.start)")
+        self._begin()
+        self._con.execute(
+            "INSERT INTO attempts (task_id, attempt, state, threads, message, worker, host, "
+            "slurm_job_id, start, end, run_id) SELECT t.id, t.attempt, 'abandoned', t.threads, "
+            "'driver stopped (run ' || COALESCE(t.run_id, '?') || ')', t.worker, t.host, "
+            "t.slurm_job_id, t.start, " + end_of_run + ", t.run_id FROM tasks t "
+            "WHERE t.state = 'running'")
+        self._con.execute("UPDATE tasks SET state = 'pending' WHERE state = 'running'")
+        self.commit()
 
     def end_run(self, outcome: str) -> None:
         with self._lock:
@@ -518,6 +540,14 @@ class Ledger:
         if len(vals) < min_samples:
             return None
         return float(np.quantile(vals, q))
+
+    def all_attempts(self) -> list[dict[str, Any]]:
+        """Every recorded attempt, oldest first, with its task's stage and key."""
+        q = ("SELECT t.stage AS stage, t.key AS key, a.attempt, a.state, a.failure_class, "
+             "a.threads, a.worker, a.host, a.start, a.end, a.wall, a.run_id FROM attempts a "
+             "JOIN tasks t ON t.id = a.task_id ORDER BY a.id")
+        with self._lock:
+            return [dict(r) for r in self._con.execute(q)]
 
     def attempts(self, stage: str, key: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -100,7 +100,9 @@ class Release:
         """Run ``stages`` (default: all) on ``client`` (default: a cluster from the config's
         profile, closed afterwards). ``report``: write the Dask performance report and refresh
         the HTML run report at the end. ``force``: stage names to redo (True: all);
-        ``force_keys``: {stage: keys} to redo, with what is made from them (``lsdask rerun``)."""
+        ``force_keys``: {stage: keys} to redo, with what is made from them (``lsdask rerun``).
+        ``progress``: None picks a bar per stage in Jupyter (with ipywidgets), a tqdm bar in
+        a terminal, else status lines (:class:`lsdask.progress.Progress`); False: none."""
         from .graphs.stages import build, normalize_stages
         from .jobqueue import (
             adapt,

@@ -16,8 +16,8 @@ upstream tasks it depends on) in submission order, and:
   -> again, no failure counted; a task whose upstream task failed -> ``blocked``; a worker
   retired at its walltime (Dask moves the task silently) -> an attempt recorded as
   ``walltime``, no failure counted;
-- shows progress (tqdm in a terminal, Dask's progress widget in Jupyter) and
-  prints the dashboard link at start.
+- shows progress (:mod:`lsdask.progress`: one bar per stage in Jupyter, tqdm in a
+  terminal, status lines in a batch job's log) and prints the dashboard link at start.
 
 Only the driver runs this, holding the ledger lock.
 """
@@ -37,6 +37,7 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from .ledger import Ledger
+from .progress import Progress
 from .task import START_TOPIC, WORKER_TOPIC, TaskSpec, _retire_at, execute
 
 log = logging.getLogger(__name__)
@@ -130,58 +131,6 @@ def dashboard_link(client) -> str | None:
     with contextlib.suppress(Exception):
         return client.dashboard_link
     return None
-
-
-def in_notebook() -> bool:
-    with contextlib.suppress(Exception):
-        from IPython import get_ipython
-
-        ip = get_ipython()
-        return ip is not None and ip.__class__.__name__ == "ZMQInteractiveShell"
-    return False
-
-
-class _Progress:
-    """A bar in a terminal or Jupyter; with no terminal (a batch job, scrontab: ``mode`` None
-    or ``"log"``), a one-line status every ``every`` seconds on stderr (the job's log)."""
-
-    def __init__(self, total: int, mode: str | bool | None, desc: str, every: float = 60.0):
-        self.bar = None
-        self.total, self.done, self.desc, self.every = total, 0, desc, every
-        self.t0 = time.monotonic()
-        self.next = self.t0 + every
-        if mode is None:
-            mode = "notebook" if in_notebook() else ("tqdm" if sys.stderr.isatty() else "log")
-        self.log = mode == "log" and total > 0
-        if mode in ("tqdm", True, "notebook") and total:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="task", file=sys.stderr)
-
-    def status_line(self, postfix: str = "") -> str:
-        """``desc: done/total tasks (pct %), rate/min, ETA``, and failures/retries."""
-        minutes = max(time.monotonic() - self.t0, 1e-9) / 60
-        rate = self.done / minutes
-        left = self.total - self.done
-        eta = (f"ETA {left / rate / 60:.1f} h" if rate > 0 and left else
-               "ETA -" if left else "all done")
-        return (f"{self.desc}: {self.done}/{self.total} tasks "
-                f"({100 * self.done / self.total:.0f} %), {rate:.1f}/min, {eta}"
-                + (f"; {postfix}" if postfix else ""))
-
-    def update(self, n: int, postfix: str = "") -> None:
-        self.done += n
-        if self.bar is not None and n:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix_str(postfix, refresh=False)
-        if self.log and time.monotonic() >= self.next:
-            self.next = time.monotonic() + self.every
-            print(self.status_line(postfix), file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class Runner:
@@ -310,7 +259,8 @@ class Runner:
                 self.ledger.record(stage, key, "failed", attempt, count_failure=False,
                                    final=False, failure_class="walltime",
                                    message=f"worker {last.get('worker')} retired at its "
-                                           f"lifetime", threads=task.spec.threads, **last)
+                                           f"lifetime", threads=task.spec.threads, **last,
+                                   **_started(task))
                 summary.retried[stage] += 1
                 self._resubmit(task)
                 requeue.append(task)
@@ -331,8 +281,7 @@ class Runner:
                 msg = f"worker lost: {exc}"[:2000]
                 self.ledger.record(stage, key, "failed", attempt, count_failure=True,
                                    final=final, failure_class="worker-lost", message=msg,
-                                   threads=task.spec.threads,
-                                   **_last_worker(exc))
+                                   threads=task.spec.threads, **last, **_started(task))
                 if final:
                     task.done, task.result = True, {"status": "failed",
                                                     "failure_class": "worker-lost",
@@ -441,7 +390,8 @@ class Runner:
         ac = as_completed()
         inflight = 0
         last_batch = time.monotonic()
-        bar = _Progress(len(tasks), self.progress, self.desc, self.status_every)
+        bar = Progress(len(tasks), self.progress, self.desc, self.status_every,
+                       stages={st: len(keys) for st, keys in by_stage.items()})
         next_tick = time.monotonic() + self.tick[0] if self.tick else None
         try:
             while todo or blocked or inflight:
@@ -499,7 +449,7 @@ class Runner:
                         self.ledger.record_many(st, rows)
                 if requeue:
                     blocked.extend(requeue)
-                bar.update(ndone, self._postfix(summary))
+                bar.update(ndone, self._postfix(summary), summary)
                 self.ledger.maybe_commit()
                 if next_tick is not None and time.monotonic() >= next_tick:
                     self.ledger.commit()
@@ -527,6 +477,12 @@ def _exception(future) -> Any:
         return future.exception(timeout=30)
     except Exception as e:  # noqa: BLE001
         return e
+
+
+def _started(task: Task) -> dict[str, Any]:
+    """When and in which Slurm job the task's attempt started, as its worker reported it."""
+    msg = getattr(task, "_started_on", None) or {}
+    return {"start": msg.get("start"), "slurm_job_id": msg.get("slurm_job_id")}
 
 
 def _last_worker(exc) -> dict[str, Any]:

@@ -73,6 +73,7 @@ def test_worker_sigkill_mid_brick(release, monkeypatch):
         hist = led.attempts("runbrick", killed["brick"])
     assert [(h["state"], h["failure_class"]) for h in hist] == [
         ("failed", "worker-lost"), ("succeeded", None)]
+    assert hist[0]["start"] < hist[0]["end"]  # the lost attempt's span (the report's timeline)
     # the rerun resumed from the checkpoint it had written before the kill
     assert res.summary.results[("runbrick", killed["brick"])]["summary"]["resumed"] is True
 
@@ -108,7 +109,8 @@ def test_driver_sigkill_then_rerun_and_second_driver_refused(release):
     wait_for(lambda: not mine(release), timeout=60)  # its workers and tasks died with it
     with release.ledger() as led:
         assert led.runs()[-1]["outcome"] is None  # killed: never ended
-        assert led.tasks("runbrick", "running")  # left 'running' by the dead driver
+        left = [t["key"] for t in led.tasks("runbrick", "running")]
+        assert left  # left 'running' by the dead driver
     rerun = subprocess.run([sys.executable, "-m", "lsdask", "run", str(release.config.path),
                             "--stages", *STAGES, "--no-progress"], env=os.environ.copy(),
                            capture_output=True, text=True, timeout=300)
@@ -120,6 +122,11 @@ def test_driver_sigkill_then_rerun_and_second_driver_refused(release):
         # bricks finished before the kill were not run again
         for b in before:
             assert len(led.attempts("runbrick", b)) <= 1
+        # what the dead driver left running: an abandoned attempt each, then done (or skipped)
+        for b in left:
+            hist = led.attempts("runbrick", b)
+            assert hist[0]["state"] == "abandoned" and hist[0]["start"] <= hist[0]["end"], hist
+            assert [h["state"] for h in hist[1:]] in ([], ["succeeded"]), hist
         assert led.runs()[-1]["outcome"] == "ok" and led.lock_info() is None
 
 

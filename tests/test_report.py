@@ -184,7 +184,58 @@ def test_half_run_release_says_not_yet(tmp_path):
     assert main(["report", str(tmp_path)]) == 0
     text = release.layout.report_index.read_text()
     assert "could not be made" not in text and text.count("Not yet") == 4
-    assert Page(text).rows["stages-table"][1][:6] == ["calibs", "1", "0", "1", "0", "0"]
+    head, calibs = Page(text).rows["stages-table"]
+    assert calibs[:6] == ["calibs", "1", "0", "1", "0", "0"]
+    assert head[10] == "ETA" and calibs[10] == "<1 min"  # y left, x took 5 s
+
+
+def test_timeline_draws_every_attempt_of_a_killed_and_restarted_run(tmp_path, monkeypatch):
+    """A driver killed while a task ran, then a new run: the timeline gets the abandoned
+    attempt (on its worker, until the last thing the killed run recorded) and the one that
+    succeeded; a failed attempt retried within a run is drawn too."""
+    from lsdask.report import plots, write_report
+
+    release = Release.from_config(write_demo_config(tmp_path, SETTINGS))
+    now = time.time()
+    led = Ledger(release.layout.ledger)
+    led.acquire(heartbeat=False)
+    led.start_run("abc", ["calibs"])
+    led.ensure_tasks("calibs", ["x", "y"])
+    led.mark_running([("calibs", "x", 1, 1), ("calibs", "y", 1, 1)])
+    led.mark_started("calibs", "x", "tcp://w1", "h1", None, now - 60)
+    led.mark_started("calibs", "y", "tcp://w2", "h2", None, now - 60)
+    led.record("calibs", "y", "failed", 1, count_failure=True, final=False,
+               failure_class="worker-lost", worker="tcp://w2", start=now - 60, end=now - 50)
+    led.mark_running([("calibs", "y", 2, 1)])
+    led.record("calibs", "y", "succeeded", 2, start=now - 50, end=now - 45, wall=5.0,
+               threads=1, worker="tcp://w1")
+    led.close()  # the driver dies with x running: no end, no attempt recorded for x
+    led = Ledger(release.layout.ledger)
+    led.acquire(heartbeat=False)
+    led.start_run("abc", ["calibs"])  # the restart
+    assert led.get("calibs", "x")["state"] == "pending"
+    led.mark_running([("calibs", "x", 1, 1)])
+    led.record("calibs", "x", "succeeded", 1, start=now - 10, end=now, wall=10.0, threads=1,
+               worker="tcp://w3")
+    led.end_run("ok")
+    led.close()
+    drawn: list[list[dict]] = []
+
+    def spy(attempts, run_starts, path):
+        drawn.append(attempts)
+        return real(attempts, run_starts, path)
+
+    real = plots.timeline
+    monkeypatch.setattr(plots, "timeline", spy)
+    write_report(release)
+    assert len(drawn) == 1
+    got = [(a["key"], a["state"], a["worker"], a["start"], a["end"]) for a in drawn[0]]
+    assert got == [("y", "failed", "tcp://w2", now - 60, now - 50),
+                   ("y", "succeeded", "tcp://w1", now - 50, now - 45),
+                   ("x", "abandoned", "tcp://w1", now - 60, now - 45),
+                   ("x", "succeeded", "tcp://w3", now - 10, now)]
+    check_png(release.layout.report_plot("timeline"))
+    assert "Timeline (every attempt)" in release.layout.report_index.read_text()
 
 
 def test_a_failing_report_is_one_warning_not_an_error(built, monkeypatch, caplog):

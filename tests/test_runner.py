@@ -3,12 +3,16 @@ reruns that do nothing, child processes (timeout, log files), oom retry with hal
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 from distributed import Client
 
 from lsdask.jobqueue import make_cluster
 from lsdask.ledger import Ledger
 from lsdask.processors.testing import completions, make_survey, write_config
+from lsdask.progress import format_eta
 from lsdask.release import Release
 from lsdask.runner import Runner, Task
 from lsdask.task import TaskSpec
@@ -169,4 +173,14 @@ def test_status_lines_and_ticks_without_a_terminal(tmp_path, client, capsys):
     assert lines and lines[-1].startswith("rel: 7/7 tasks (100 %)")
     assert "all done; failed 1" in lines[-1] and "/min" in lines[-1]
     assert len(lines) >= 2 and all(" ETA " in ln for ln in lines[:-1]), lines
+    # a run of seconds: the ETA in minutes ("ETA <1 min"), never "ETA 0.0 h"
+    etas = [re.search(r"ETA ([^;]*)", ln).group(1) for ln in lines[:-1]]
+    assert "<1 min" in etas and all(e in ("-", "<1 min") for e in etas), etas
     assert seen and seen == sorted(seen) and seen[-1] >= 1  # the committed ledger, growing
+
+
+@pytest.mark.parametrize("hours, text", [
+    (0.2, "12 min"), (1 / 120, "<1 min"), (59 / 60, "59 min"), (59.7 / 60, "1.0 h"),
+    (2.4, "2.4 h"), (0.0, "0 min"), (math.nan, "-"), (None, "-")])
+def test_eta_in_minutes_below_an_hour(hours, text):
+    assert format_eta(hours) == text

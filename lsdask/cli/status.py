@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..progress import format_eta
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("status", help="per-stage task counts, failures, core-hours, ETA",
@@ -18,14 +20,13 @@ def format_status(df) -> str:
     if not len(df):
         return "no tasks recorded yet"
     lines = [f"{'stage':<11}{'pending':>8}{'running':>8}{'done':>8}{'failed':>8}  "
-             f"{'core-h':>8}{'ETA h':>7}  failures by class"]
+             f"{'core-h':>8}{'ETA':>8}  failures by class"]
     for stage, r in df.iterrows():
         fails = ", ".join(f"{c.split(':', 1)[1]} {int(r[c])}" for c in df.columns
                           if c.startswith("failed:") and r[c])
-        eta = "-" if r["eta_hours"] != r["eta_hours"] else f"{r['eta_hours']:.2f}"
         lines.append(f"{stage:<11}{int(r['pending']):>8}{int(r['running']):>8}"
                      f"{int(r['succeeded']):>8}{int(r['failed']):>8}  "
-                     f"{r['core_hours']:>8.3f}{eta:>7}  {fails}")
+                     f"{r['core_hours']:>8.3f}{format_eta(r['eta_hours']):>8}  {fails}")
     return "\n".join(lines)
 
 

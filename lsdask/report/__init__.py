@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..atomic import atomic_path, write_text_atomic
+from ..progress import format_eta
 from . import plots
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ GALLERY_RANDOM = 6
 GALLERY_WORST = 3
 THUMBNAIL = 256
 #: A table cell right-aligned as a number (or a duration).
-NUMBER = re.compile(r"-?[0-9.]+( (s|min|h))?")
+NUMBER = re.compile(r"(<|-)?[0-9.]+( (s|min|h))?")
 #: Failed tasks listed one by one (the rest are counted).
 MAX_FAILED_LISTED = 200
 
@@ -56,10 +57,12 @@ class Report:
         self.dir = self.layout.report_dir
         self.tasks: list[dict] = []
         self.runs: list[dict] = []
+        self.attempts: list[dict] = []  # every attempt, for the timeline
         self.errors: list[str] = []  # sections that could not be made
         if self.layout.ledger.exists():
             with release.ledger() as led:
                 self.tasks, self.runs = led.tasks(), led.runs()
+                self.attempts = led.all_attempts()
 
     # -- helpers --------------------------------------------------------------------------
     def href(self, path: Path) -> str:
@@ -86,17 +89,17 @@ class Report:
         if not len(st):
             return notyet("no task has run yet (no ledger)")
         head = ["stage", "to do", "running", "done", "failed", "blocked", "failures by class",
-                "core-h", "task wall-h", "span", "ETA h"]
+                "core-h", "task wall-h", "span", "ETA"]
         rows, timed = [], self.timed()
         for stage, r in st.iterrows():
             ts = [t for t in timed if t["stage"] == stage]
             span = (max(t["end"] for t in ts) - min(t["start"] for t in ts)) if ts else 0.0
             fails = ", ".join(f"{c.split(':', 1)[1]} {int(r[c])}" for c in st.columns
                               if c.startswith("failed:") and r[c])
-            eta = "-" if r["eta_hours"] != r["eta_hours"] else f"{r['eta_hours']:.2f}"
             rows.append([stage, int(r["pending"]), int(r["running"]), int(r["succeeded"]),
                          int(r["failed"]), int(r["blocked"]), fails, f"{r['core_hours']:.3f}",
-                         f"{sum(t['wall'] for t in ts) / 3600:.3f}", duration(span), eta])
+                         f"{sum(t['wall'] for t in ts) / 3600:.3f}", duration(span),
+                         format_eta(r["eta_hours"])])
         out = table(head, rows, id="stages-table")
         failed = [t for t in self.tasks if t["state"] == "failed"]
         if failed:
@@ -176,9 +179,11 @@ class Report:
         if mem:
             out += "<h3>Peak memory vs duration</h3>" + self.img(
                 plots.memory(mem, self.layout.report_plot("memory")), "memory")
-        out += "<h3>Timeline</h3>" + self.img(
-            plots.timeline(done, [r["start"] for r in self.runs if r["start"]],
-                           self.layout.report_plot("timeline")), "timeline")
+        attempts = [a for a in self.attempts if a["end"]]
+        if attempts:
+            out += "<h3>Timeline (every attempt)</h3>" + self.img(
+                plots.timeline(attempts, [r["start"] for r in self.runs if r["start"]],
+                               self.layout.report_plot("timeline")), "timeline")
         return out
 
     def exposures(self) -> str:

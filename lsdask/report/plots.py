@@ -133,25 +133,37 @@ def memory(tasks: list[dict], path: Path) -> Path:
     return save(fig, path)
 
 
-def timeline(tasks: list[dict], run_starts: Sequence[float], path: Path) -> Path:
-    """One lane per worker, a bar per task from its start to its end, coloured by stage;
-    failed tasks end with a black cross, each run starts at a dotted line."""
-    t0 = min(t["start"] for t in tasks)
-    span = max(t["end"] for t in tasks) - t0
+#: Attempts that did not succeed, each state in its own colour on the timeline.
+ATTEMPT_COLORS = {"failed": "tab:red", "abandoned": "tab:gray"}
+#: Stage colours on the timeline: matplotlib's tab10 without its red and grey.
+STAGE_COLORS = [f"C{i}" for i in (0, 1, 2, 4, 5, 6, 8, 9)]
+
+
+def timeline(attempts: list[dict], run_starts: Sequence[float], path: Path) -> Path:
+    """One lane per worker, a bar per attempt (ledger ``attempts`` rows) from its start to its
+    end: succeeded ones coloured by stage, failed ones red with a black cross at their end,
+    abandoned ones (their driver stopped) grey; each run starts at a dotted line. An attempt
+    with no known start is its end's cross alone."""
+    starts = [a["start"] if a["start"] is not None else a["end"] for a in attempts]
+    t0 = min(starts)
+    span = max(max(a["end"] for a in attempts) - t0, 1e-3)
     unit, scale = ("h", 3600.0) if span > 7200 else ("min", 60.0) if span > 600 else ("s", 1.0)
-    workers = sorted({t["worker"] or "driver" for t in tasks})
+    workers = sorted({a["worker"] or "driver" for a in attempts})
     lane = {w: i for i, w in enumerate(workers)}
-    stages = list(dict.fromkeys(t["stage"] for t in tasks))
-    cmap = {st: f"C{i % 10}" for i, st in enumerate(stages)}
+    stages = list(dict.fromkeys(a["stage"] for a in attempts if a["state"] == "succeeded"))
+    cmap = {st: STAGE_COLORS[i % len(STAGE_COLORS)] for i, st in enumerate(stages)}
     fig = Figure(figsize=(9, min(1.2 + 0.35 * len(workers), 10)))
     ax = fig.subplots()
-    segs = [[((t["start"] - t0) / scale, lane[t["worker"] or "driver"]),
-             ((t["end"] - t0) / scale, lane[t["worker"] or "driver"])] for t in tasks]
-    ax.add_collection(LineCollection(segs, colors=[cmap[t["stage"]] for t in tasks],
+    segs = [[((s - t0) / scale, lane[a["worker"] or "driver"]),
+             ((a["end"] - t0) / scale, lane[a["worker"] or "driver"])]
+            for s, a in zip(starts, attempts, strict=True)]
+    colors = [cmap[a["stage"]] if a["state"] == "succeeded"
+              else ATTEMPT_COLORS.get(a["state"], ATTEMPT_COLORS["failed"]) for a in attempts]
+    ax.add_collection(LineCollection(segs, colors=colors,
                                      linewidths=max(1.0, min(8.0, 200 / len(workers)))))
-    bad = [s[1] for s, t in zip(segs, tasks, strict=True) if t["state"] == "failed"]
+    bad = [s[1] for s, a in zip(segs, attempts, strict=True) if a["state"] == "failed"]
     if bad:
-        ax.scatter(*np.array(bad).T, marker="x", color="black", zorder=3, label="failed")
+        ax.scatter(*np.array(bad).T, marker="x", color="black", zorder=3)
     for r in run_starts:
         ax.axvline((r - t0) / scale, color="grey", ls=":", lw=1)
     ax.set_xlim(-0.02 * span / scale, 1.02 * span / scale)
@@ -161,9 +173,12 @@ def timeline(tasks: list[dict], run_starts: Sequence[float], path: Path) -> Path
     else:  # too many to name
         ax.set_yticks([])
         ax.set_ylabel(f"{len(workers)} workers")
-    ax.set_xlabel(f"time since the first task ({unit})")
-    ax.legend(handles=[Patch(color=c, label=s) for s, c in cmap.items()], fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xlabel(f"time since the first attempt ({unit})")
+    n = Counter(a["state"] for a in attempts)
+    handles = [Patch(color=c, label=s) for s, c in cmap.items()]
+    handles += [Patch(color=c, label=f"{s} attempt ({n[s]})")
+                for s, c in ATTEMPT_COLORS.items() if n[s]]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path)
 
 

@@ -92,22 +92,28 @@ def _clean_text(text: str, workdirs: Sequence[str]) -> str:
 
 
 def _widget_text(model_id: str, models: dict[str, Any]) -> str | None:
-    """The last state of a tqdm progress widget (an HBox of HTML, progress, HTML) as tqdm's
-    text bar, or None for another widget."""
+    """The last state of a progress widget as text: a tqdm bar (an HBox of HTML, progress,
+    HTML) on one line, lsdask's bars (a VBox of a title and one described bar per stage) a
+    line each; None for another widget."""
+    top = models.get(model_id, {})
+    sep = "\n" if top.get("model_name") == "VBoxModel" else ""
     parts = []
-    for child in models.get(model_id, {}).get("state", {}).get("children", []):
+    for child in top.get("state", {}).get("children", []):
         model = models.get(str(child).removeprefix("IPY_MODEL_"), {})
         state = model.get("state", {})
         if model.get("model_name") == "HTMLModel":
-            parts.append(html.unescape(state.get("value", "")).replace("\u2007", " "))
+            text = re.sub(r"<[^>]+>", "", html.unescape(state.get("value", "")))
+            parts.append(text.replace("\u2007", " "))
         elif model.get("model_name") in ("FloatProgressModel", "IntProgressModel"):
             span = (state.get("max") or 0) - (state.get("min") or 0)
             n = round(10 * ((state.get("value") or 0) - (state.get("min") or 0)) / span
                       ) if span else 0
-            parts.append("|" + "\u2588" * n + " " * (10 - n) + "|")
+            desc = state.get("description") or ""
+            parts.append((desc + " " if desc else "") + "|" + "\u2588" * n + " " * (10 - n)
+                         + "|")
         else:
             return None
-    return "".join(parts) or None
+    return sep.join(parts) or None
 
 
 def normalise(nb: Any, workdir: Path) -> Any:
