@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError
+from ...phases import phase
 from ...survey.camera import camera_of
 from ...survey.layout import ReleaseLayout
 from .launcher import make_launcher, run
@@ -65,7 +66,8 @@ def run_calibs(layout: ReleaseLayout, image_filename: str, options: Any,
                      layout.single_dir(image_filename, "sky"))
     args = [*_base_args(layout, image_filename), "--run-calibs-only",
             *(str(a) for a in settings.zeropoints_args)]
-    run(launcher, MODULE, args, what=f"calibs {image_filename}")
+    with phase("legacyzpts"):
+        run(launcher, MODULE, args, what=f"calibs {image_filename}")
     if not calibs_done(layout, image_filename):
         raise InputError(f"calibs {image_filename}: legacyzpts wrote no valid "
                          f"{layout.psfex(image_filename)} / {layout.splinesky(image_filename)}")
@@ -100,7 +102,8 @@ def run_zeropoints(layout: ReleaseLayout, image_filename: str, options: Any,
     _remove_for_redo(options, layout.zeropoints(image_filename), layout.photom(image_filename))
     args = [*_base_args(layout, image_filename), "--outdir", str(layout.zpt_dir),
             *(str(a) for a in settings.zeropoints_args)]
-    run(launcher, MODULE, args, what=f"zeropoints {image_filename}")
+    with phase("legacyzpts"):
+        run(launcher, MODULE, args, what=f"zeropoints {image_filename}")
     ann = layout.zeropoints(image_filename)
     if not _valid_table(ann):
         raise InputError(f"zeropoints {image_filename}: legacyzpts wrote no valid {ann} "

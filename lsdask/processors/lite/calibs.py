@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.lib.recfunctions  # noqa: F401 (append_fields)
 
+from ...phases import phase
 from ...survey.camera import get_camera
 from ...survey.layout import image_basename
 from ...survey.psfex import PsfExModel, poly_terms, read_psfex_all, write_psfex
@@ -304,7 +305,7 @@ def run_calibs(layout, image_filename: str, options=None) -> dict[str, Any]:
     if not force and calibs_done(layout, image_filename):
         return {"image_filename": image_filename, "skipped": True}
     sky_rows, psfs, extras, failed, fwhms = [], [], [], {}, {}
-    with open_exposure(layout, image_filename) as ex:
+    with phase("fit"), open_exposure(layout, image_filename) as ex:
         expnum, meta = _exposure_meta(ex)
         for ext, name in ex.exts:
             srow, model, extra, why = calibrate_ccd(ex.read_ccd(ext, name), expnum, meta)
@@ -314,13 +315,14 @@ def run_calibs(layout, image_filename: str, options=None) -> dict[str, Any]:
             psfs.append(model)
             extras.append(extra)
             fwhms[name] = float(model.psf_fwhm)
-    table = _sky_table(sky_rows)
-    spath = layout.splinesky(image_filename)
-    ppath = layout.psfex(image_filename)
-    spath.parent.mkdir(parents=True, exist_ok=True)
-    ppath.parent.mkdir(parents=True, exist_ok=True)
-    write_splinesky(spath, table)
-    write_psfex(ppath, psfs, extras)
+    with phase("write"):
+        table = _sky_table(sky_rows)
+        spath = layout.splinesky(image_filename)
+        ppath = layout.psfex(image_filename)
+        spath.parent.mkdir(parents=True, exist_ok=True)
+        ppath.parent.mkdir(parents=True, exist_ok=True)
+        write_splinesky(spath, table)
+        write_psfex(ppath, psfs, extras)
     for name, why in failed.items():
         print(f"{image_filename} CCD {name}: {why}; a fallback model is written (the "
               f"zeropoints cut the CCD if it cannot be measured)", flush=True)
