@@ -14,7 +14,7 @@ from lsdask.demo import DemoSettings, simulate_demo, write_demo_config
 from lsdask.jobqueue import make_cluster
 from lsdask.ledger import Ledger
 from lsdask.phases import ENV, PhaseReader, begin, end, phase
-from lsdask.processors.legacypipe.stages import parse_resources, stage_started
+from lsdask.processors.legacypipe.stages import parse_resources, report_line, stage_started
 from lsdask.release import Release
 from lsdask.task import TaskSpec, execute
 
@@ -49,6 +49,18 @@ def test_legacypipe_log_parser():
     assert tims["wall"] == 2.59 and tims["cpu"] == 2.57
     assert tims["rss"] == 199 * 2**20 and tims["vmpeak"] == 539 * 2**20
     assert fitblobs["wall"] == 419.01 and fitblobs["cpu"] == 418.90
+
+
+def test_legacypipe_output_becomes_phases(tmp_path, monkeypatch):
+    """The launcher's hook on each output line: stages begun and ended, as the parent reads
+    them (a stage started and never ended is where a killed runbrick died)."""
+    monkeypatch.setenv(ENV, str(tmp_path / "p.jsonl"))
+    reader = PhaseReader(str(tmp_path / "p.jsonl"))
+    for ln in LEGACYPIPE_LOG.splitlines(keepends=True):
+        report_line(ln)
+    assert [(p["name"], p["wall"], p["cpu"]) for p in reader.poll()] == [
+        ("tims", 2.59, 2.57), ("fitblobs", 419.01, 418.90), ("coadds", 7.75, 7.74)]
+    assert reader.current == "refs" and [p["name"] for p in reader.unfinished()] == ["refs"]
 
 
 def test_reader_skips_torn_and_bad_lines(tmp_path, monkeypatch):

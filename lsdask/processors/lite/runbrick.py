@@ -20,6 +20,11 @@ Steps (``run_runbrick``):
 6. write the coadds, maskbits, depth histograms, ccds table, JPEG, blob map,
    then the tractor catalogue and ``brick-<brick>.sha256sum`` (:mod:`.brickio`).
 
+Each step is timed as a phase (:mod:`lsdask.phases`, in ``timings`` of the summary too):
+``select``, ``calibs`` (calibrations fitted on the fly), ``coadds`` (read, calibrate,
+resample and accumulate: one step, interleaved across the worker processes),
+``checkpoint``, ``detect``, ``photometry`` and ``write``.
+
 This is not legacypipe's runbrick: no Tractor (sources are fitted one at a time, galaxies
 are round), no WISE forced photometry, no dust map (``ebv`` is 0 and ``mw_transmission``
 1; header ``EBVMAP = 'none'``).
