@@ -84,12 +84,12 @@ def test_reader_skips_torn_and_bad_lines(tmp_path, monkeypatch):
 
 
 def test_killed_child_reports_the_phase_it_died_in():
-    res = execute(TaskSpec("t", "k", "lsdask.task:sleep", {"seconds": 60}, timeout=1.5,
+    res = execute(TaskSpec("t", "k", "lsdask.task:sleep", {"seconds": 60}, timeout=5,
                            report_start=False))
     assert res["failure_class"] == "timeout"
-    [p] = res["phases"]
+    [p] = res["phases"]  # killed 5 s after its start, in the phase it began
     assert p["name"] == "sleep" and p["incomplete"] is True
-    assert 0.5 < p["wall"] <= res["wall"]
+    assert 1.0 < p["wall"] <= res["wall"]
     ok = execute(TaskSpec("t", "k", "lsdask.task:sleep", {"seconds": 0.3},
                           report_start=False))
     assert ok["status"] == "succeeded" and [p["name"] for p in ok["phases"]] == ["sleep"]
