@@ -4,11 +4,12 @@ performance report), the run report says where the time goes."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 
 import pytest
-from distributed import Client
+from distributed import Client, LocalCluster
 
 from lsdask.demo import DemoSettings, simulate_demo, write_demo_config
 from lsdask.jobqueue import make_cluster
@@ -202,3 +203,41 @@ def test_fine_performance_metrics_have_the_phases(lite_run):
         total = sum(p["wall"] for r in rows for p in r["phases"] if p["name"] == name)
         assert metrics[f"runbrick.{name}"] == pytest.approx(total, rel=1e-6, abs=1e-6)
     assert metrics["calibs.fit"] > 0 and metrics["zeropoints.measure"] > 0
+
+
+#: legacypipe runbrick's stages on mzlsbass2 (no WISE), in the order it runs them.
+LEGACYPIPE_STAGES = ["tims", "refs", "outliers", "halos", "srcs", "fitblobs", "coadds",
+                     "writecat"]
+
+
+def test_legacypipe_stages_reach_the_parent_and_the_profiler(shared_data, tmp_path,
+                                                             monkeypatch):
+    """The real legacypipe runbrick (legacypipe's mzlsbass2 case, zoomed) as a child task on a
+    LocalCluster worker: its stages come back as phases with legacypipe's own times, and the
+    Dask performance report shows the worker waiting in ``runbrick.<stage>`` frames."""
+    from distributed import performance_report
+    from legacypipe_stack import stack_prefix
+    from test_legacypipe import copy_case, write_config
+
+    monkeypatch.setenv("LSDASK_LEGACYPIPE_PREFIX", str(stack_prefix()))
+    survey = copy_case(shared_data, "mzlsbass2", tmp_path)
+    cfg = write_config(tmp_path / "lp.toml", survey, tmp_path / "out")
+    (tmp_path / "lpjob.py").write_text(  # `lsdask runbrick` as a task function
+        "def runbrick(threads, argv):\n"
+        "    from lsdask.cli import main\n"
+        "    assert main(argv) == 0\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    argv = ["runbrick", str(cfg), "--brick", "1773p595", "--zoom", "1300", "1500", "700", "900"]
+    perf = tmp_path / "perf.html"
+    with LocalCluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster) as client:
+        with performance_report(filename=str(perf)):
+            res = client.submit(execute, TaskSpec("runbrick", "1773p595", "lpjob:runbrick",
+                                                  {"argv": argv}, log=str(tmp_path / "t.log"),
+                                                  report_start=False), pure=False).result()
+    assert res["status"] == "succeeded", res["message"]
+    assert [p["name"] for p in res["phases"]] == LEGACYPIPE_STAGES
+    assert all(p["wall"] > 0 and p["cpu"] is not None and p["rss"] > 0
+               for p in res["phases"] if p["name"] != "halos")  # halos: 0.0x s, no stars
+    assert sum(p["wall"] for p in res["phases"]) <= res["wall"]
+    assert "runbrick.fitblobs" in perf.read_text()
