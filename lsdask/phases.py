@@ -1,7 +1,8 @@
 """Phases of a task that runs in a child process, reported to its worker-side parent.
 
-The parent (:func:`lsdask.task._run_child`) names a per-attempt file in ``$LSDASK_PHASES``;
-the child appends one JSON line per event to it::
+The parent (:func:`lsdask.task._run_child`) gives the child the write end of a pipe
+(:func:`channel`; ``$LSDASK_PHASES`` = ``<fd>:<inode>``); the child writes one JSON line per
+event to it::
 
     {"event": "begin", "phase": "coadds", "t": 1764201600.1}
     {"event": "end", "phase": "coadds", "t": 1764201612.4, "wall": 12.3, "cpu": 23.9, "rss": 8.1e8}
@@ -9,9 +10,12 @@ the child appends one JSON line per event to it::
 (``cpu``: seconds of this process and its reaped children; ``rss``: bytes resident at the
 end; either may be null). Processors call :func:`phase` (or :func:`begin`/:func:`end` for
 a phase measured elsewhere, e.g. parsed from legacypipe's log); without ``$LSDASK_PHASES``
-these do nothing. The parent reads the file as it grows (:class:`PhaseReader`): a killed
-child leaves at worst a torn last line, which is ignored, and a phase begun but never ended
-(reported with ``"incomplete": true``). No Dask in here: processors import it.
+these do nothing. A pipe leaves no file behind when the worker or the child is killed; the
+child never blocks on it (a full pipe drops the event), a descriptor that is not that pipe any
+more (a process that inherited the variable, not the pipe) is left alone. The parent reads it
+without blocking (:class:`PhaseReader`): a killed child leaves at worst a torn last line,
+which is ignored, and a phase begun but never ended (reported with ``"incomplete": true``).
+No Dask in here: processors import it.
 """
 
 from __future__ import annotations
@@ -20,21 +24,40 @@ import contextlib
 import json
 import os
 import resource
+import stat
 import time
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
-#: Environment variable naming the file the child appends its phase events to.
+#: Environment variable: ``<fd>:<inode>`` of the pipe the child writes its phase events to.
 ENV = "LSDASK_PHASES"
 
 
+def channel() -> tuple[int, int, str]:
+    """A new pipe for a child's phases: (read fd, write fd, the child's ``$LSDASK_PHASES``).
+    The read end does not block; pass the write end to the child (``pass_fds``)."""
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+    return rfd, wfd, f"{wfd}:{os.fstat(wfd).st_ino}"
+
+
+def _target() -> int | None:
+    """The pipe named by ``$LSDASK_PHASES`` if this process holds it, else None."""
+    fd, _, ino = os.environ.get(ENV, "").partition(":")
+    try:
+        st = os.fstat(int(fd))
+        return int(fd) if stat.S_ISFIFO(st.st_mode) and st.st_ino == int(ino) else None
+    except (OSError, ValueError):
+        return None
+
+
 def _emit(record: dict[str, Any]) -> None:
-    path = os.environ.get(ENV)
-    if not path:
-        return
-    with contextlib.suppress(OSError), open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")  # one short write in append mode
+    fd = _target()
+    if fd is not None:
+        with contextlib.suppress(OSError):  # full (dropped) or closed: never block the task
+            os.write(fd, (json.dumps(record) + "\n").encode())  # < PIPE_BUF: atomic
 
 
 def begin(name: str) -> None:
@@ -82,23 +105,29 @@ def phase(name: str, timings: dict[str, float] | None = None) -> Iterator[None]:
 class PhaseReader:
     """The parent's view of a child's phase file, read incrementally as it grows."""
 
-    def __init__(self, path: str):
-        self.path = path
-        self._pos = 0
+    def __init__(self, fd: int):
+        self.fd = fd
+        self._rest = b""  # a line not complete yet
         self._open: dict[str, float] = {}  # phase begun and not ended -> its start
         self.done: list[dict[str, Any]] = []  # ended phases, in order
         self.current: str | None = None  # the phase running now (the last begun, not ended)
 
     def poll(self) -> list[dict[str, Any]]:
-        """Read the complete lines added since the last call; returns the phases that ended."""
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._pos)
-                data = f.read()
-        except OSError:
-            return []
+        """Read the complete lines written since the last call (without blocking); returns
+        the phases that ended."""
+        data = self._rest
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # closed
+                break
+            if not chunk:  # every writer gone
+                break
+            data += chunk
         cut = data.rfind(b"\n") + 1  # a torn last line waits for the rest (or is dropped)
-        self._pos += cut
+        self._rest = data[cut:]
         ended = []
         for line in data[:cut].splitlines():
             try:

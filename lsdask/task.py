@@ -7,7 +7,7 @@ process ``python -m lsdask.task`` (so the task's memory is its own, it can be
 killed on timeout or over its memory limit, and processors may use
 multiprocessing). The child's stdout/stderr go to the task's log file.
 
-A child reports its phases (:mod:`lsdask.phases`) through a per-attempt file; the parent
+A child reports its phases (:mod:`lsdask.phases`) through a pipe; the parent
 puts them in the result (``phases``, for the ledger), reports each phase's wall seconds to
 Dask's fine performance metrics (activity ``<stage>.<phase>``), and waits for the child in a
 frame named ``<stage>.<phase>`` so Dask's profiler shows where the child's time goes
@@ -43,6 +43,7 @@ from typing import Any
 
 from .phases import ENV as PHASES_ENV
 from .phases import PhaseReader, phase, waiter
+from .phases import channel as phases_channel
 
 #: Dask event topic on which workers report that a task started.
 START_TOPIC = "lsdask-task-start"
@@ -258,16 +259,15 @@ def _run_child(spec: TaskSpec) -> dict[str, Any]:
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
     # the child creates it (at its very end): a kill leaves no empty file behind
-    base = os.path.join(tempfile.gettempdir(), f"lsdask-{os.getpid()}-{uuid.uuid4().hex}")
-    result_path, phase_path = base + "-result.pickle", base + "-phases.jsonl"
-    phases = PhaseReader(phase_path)
+    result_path = os.path.join(tempfile.gettempdir(),
+                               f"lsdask-result-{os.getpid()}-{uuid.uuid4().hex}.pickle")
+    rfd = wfd = -1
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(spec.threads)
     env["LSDASK_TASK_THREADS"] = str(spec.threads)
     env["LSDASK_TASK_PARENT"] = str(os.getpid())
     env["LSDASK_TASK_KEY"] = f"{spec.stage}-{spec.key}"
-    env[PHASES_ENV] = phase_path
     out = open(log, "a") if log is not None else open(os.devnull, "w")  # noqa: SIM115
     t0 = time.time()
     peak = 0.0
@@ -276,9 +276,15 @@ def _run_child(spec: TaskSpec) -> dict[str, Any]:
                   f"threads {spec.threads} on {socket.gethostname()} pid {os.getpid()} "
                   f"at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         out.flush()
+        # the child's phases come through a pipe: nothing left behind if we are killed
+        rfd, wfd, env[PHASES_ENV] = phases_channel()
+        phases = PhaseReader(rfd)
         proc = subprocess.Popen([sys.executable, "-m", "lsdask.task", result_path],
                                 stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, close_fds=True)
+                                env=env, start_new_session=True, close_fds=True,
+                                pass_fds=(wfd,))
+        os.close(wfd)
+        wfd = -1
         try:
             proc.stdin.write(pickle.dumps(spec))
             proc.stdin.close()
@@ -368,9 +374,11 @@ def _run_child(spec: TaskSpec) -> dict[str, Any]:
         return res
     finally:
         out.close()
-        for path in (result_path, phase_path):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        for fd in (rfd, wfd):
+            if fd >= 0:
+                os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(result_path)
 
 
 def _report_phases(stage: str, ended: list[dict[str, Any]]) -> None:

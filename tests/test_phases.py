@@ -14,7 +14,7 @@ from distributed import Client, LocalCluster
 from lsdask.demo import DemoSettings, simulate_demo, write_demo_config
 from lsdask.jobqueue import make_cluster
 from lsdask.ledger import Ledger
-from lsdask.phases import ENV, PhaseReader, begin, end, phase
+from lsdask.phases import ENV, PhaseReader, begin, channel, end, phase
 from lsdask.processors.legacypipe.stages import parse_resources, report_line, stage_started
 from lsdask.release import Release
 from lsdask.task import TaskSpec, execute
@@ -52,11 +52,20 @@ def test_legacypipe_log_parser():
     assert fitblobs["wall"] == 419.01 and fitblobs["cpu"] == 418.90
 
 
-def test_legacypipe_output_becomes_phases(tmp_path, monkeypatch):
+@pytest.fixture
+def pipe(monkeypatch):
+    """A phase channel as the parent makes it, with this process as the child."""
+    rfd, wfd, env = channel()
+    monkeypatch.setenv(ENV, env)
+    yield PhaseReader(rfd), wfd
+    os.close(rfd)
+    os.close(wfd)
+
+
+def test_legacypipe_output_becomes_phases(pipe):
     """The launcher's hook on each output line: stages begun and ended, as the parent reads
     them (a stage started and never ended is where a killed runbrick died)."""
-    monkeypatch.setenv(ENV, str(tmp_path / "p.jsonl"))
-    reader = PhaseReader(str(tmp_path / "p.jsonl"))
+    reader, _ = pipe
     for ln in LEGACYPIPE_LOG.splitlines(keepends=True):
         report_line(ln)
     assert [(p["name"], p["wall"], p["cpu"]) for p in reader.poll()] == [
@@ -64,24 +73,31 @@ def test_legacypipe_output_becomes_phases(tmp_path, monkeypatch):
     assert reader.current == "refs" and [p["name"] for p in reader.unfinished()] == ["refs"]
 
 
-def test_reader_skips_torn_and_bad_lines(tmp_path, monkeypatch):
-    path = tmp_path / "p.jsonl"
-    monkeypatch.setenv(ENV, str(path))
-    reader = PhaseReader(str(path))
-    assert reader.poll() == [] and reader.current is None  # no file yet
+def test_reader_skips_torn_and_bad_lines(pipe, tmp_path, monkeypatch):
+    reader, wfd = pipe
+    assert reader.poll() == [] and reader.current is None  # nothing written yet
     with phase("a"):
         pass
     begin("b")
-    with open(path, "a") as f:
-        f.write("not json\n{\"event\": \"end\", \"phase\": \"b\", \"wa")  # garbage, torn line
+    os.write(wfd, b'not json\n{"event": "end", "phase": "b", "wa')  # garbage, a torn line
     assert [p["name"] for p in reader.poll()] == ["a"]
     assert reader.current == "b"
-    with open(path, "a") as f:
-        f.write("ll\": 2.5}\n")  # the torn line completed
+    os.write(wfd, b'll": 2.5}\n')  # the torn line completed
     assert reader.poll() == [{"name": "b", "wall": 2.5, "cpu": None, "rss": None}]
     assert reader.current is None and reader.unfinished() == []
     end("c", 1.0)  # an end without a begin is still a phase
     assert [p["name"] for p in reader.poll()] == ["c"]
+    # a process that inherited the variable but not the pipe writes nothing to that fd
+    other = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    monkeypatch.setenv(ENV, f"{other}:{os.fstat(wfd).st_ino}")
+    begin("d")
+    os.close(other)
+    assert (tmp_path / "f").read_bytes() == b""
+    # a full pipe drops events, never blocks the task
+    monkeypatch.setenv(ENV, f"{wfd}:{os.fstat(wfd).st_ino}")
+    for _ in range(5000):
+        begin("e" * 50)
+    assert len(reader.poll()) == 0 and reader.current == "e" * 50
 
 
 def test_killed_child_reports_the_phase_it_died_in():
