@@ -17,6 +17,8 @@ on a local disk. Tables:
 - ``attempts``: the history, one row per finished (or abandoned) attempt; an attempt a
   killed or interrupted driver left running is recorded ``abandoned`` when the next run
   starts (its task back to pending).
+  ``phases``: the phases its child process reported (JSON list of ``{"name", "wall",
+  "cpu", "rss"}``, NULL when none; a column added to older ledgers opened for writing).
 - ``runs``: run id, config hash, versions, user, host, start/end, outcome.
 - ``lock``: the driver holding the release (pid, host, heartbeat).
 
@@ -26,6 +28,7 @@ Readers (``status``, ``tasks``, ``logs``) open it read-only and need no lock.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import socket
 import sqlite3
@@ -85,7 +88,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     wall REAL,
     cpu REAL,
     peak_rss REAL,
-    run_id INTEGER
+    run_id INTEGER,
+    phases TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_task ON attempts (task_id);
 CREATE TABLE IF NOT EXISTS runs (
@@ -114,6 +118,30 @@ CREATE TABLE IF NOT EXISTS lock (
 #: Columns a task result may set (besides state/attempt bookkeeping).
 RESULT_FIELDS = ("threads", "failure_class", "message", "worker", "host", "slurm_job_id",
                  "start", "end", "wall", "cpu", "peak_rss")
+
+
+#: Columns added after the first schema: (table, column, SQL type), added by :func:`_migrate`.
+ADDED_COLUMNS = (("attempts", "phases", "TEXT"),)
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """Add the columns an older ledger lacks (nullable: its old rows read as NULL)."""
+    for table, col, kind in ADDED_COLUMNS:
+        if col in _columns(con, table):
+            continue
+        try:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
+        except sqlite3.OperationalError as e:  # another process added it first
+            if "duplicate column" not in str(e):
+                raise
+
+
+def _columns(con: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+
+
+def _json(value: Any) -> str | None:
+    return None if not value else json.dumps(value)
 
 
 class LedgerLocked(LsdaskError):
@@ -186,6 +214,7 @@ class Ledger:
         if not readonly:
             with self._lock:
                 self._con.executescript(_SCHEMA)
+                _migrate(self._con)
         self.run_id: int | None = None
         self._locked = False
         self.lock_lost = False
@@ -415,9 +444,10 @@ class Ledger:
                 task_id = row[0]
             self._con.execute(
                 "INSERT INTO attempts (task_id, attempt, state, threads, failure_class, message, "
-                "worker, host, slurm_job_id, start, end, wall, cpu, peak_rss, run_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (task_id, attempt, state, *(vals[f] for f in RESULT_FIELDS), self.run_id))
+                "worker, host, slurm_job_id, start, end, wall, cpu, peak_rss, run_id, phases) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (task_id, attempt, state, *(vals[f] for f in RESULT_FIELDS), self.run_id,
+                 _json(result.get("phases"))))
             new_state = state if final else "running"
             sets = ", ".join(f"{f} = COALESCE(?, {f})" for f in RESULT_FIELDS
                              if f not in ("failure_class", "message"))
@@ -437,12 +467,13 @@ class Ledger:
             self._begin()
             self._con.executemany(
                 "INSERT INTO attempts (task_id, attempt, state, threads, worker, host, "
-                "slurm_job_id, start, end, wall, cpu, peak_rss, run_id) "
-                "SELECT id, ?, 'succeeded', ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM tasks "
+                "slurm_job_id, start, end, wall, cpu, peak_rss, run_id, phases) "
+                "SELECT id, ?, 'succeeded', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM tasks "
                 "WHERE stage = ? AND key = ?",
                 ((a, r.get("threads"), r.get("worker"), r.get("host"), r.get("slurm_job_id"),
                   r.get("start"), r.get("end") or now, r.get("wall"), r.get("cpu"),
-                  r.get("peak_rss"), self.run_id, stage, k) for k, a, r in rows))
+                  r.get("peak_rss"), self.run_id, _json(r.get("phases")), stage, k)
+                 for k, a, r in rows))
             self._con.executemany(
                 "UPDATE tasks SET state = 'succeeded', attempt = ?, failure_class = NULL, "
                 "message = NULL, threads = COALESCE(?, threads), worker = ?, host = ?, "
@@ -554,6 +585,29 @@ class Ledger:
             return [dict(r) for r in self._con.execute(
                 "SELECT a.* FROM attempts a JOIN tasks t ON t.id = a.task_id "
                 "WHERE t.stage = ? AND t.key = ? ORDER BY a.id", (stage, key))]
+
+    def phase_rows(self, stage: str | None = None) -> list[dict[str, Any]]:
+        """Attempts that reported phases: stage, key, attempt, state, wall, cpu, run_id and
+        ``phases`` (the decoded list); [] for a ledger older than the ``phases`` column."""
+        with self._lock:
+            if "phases" not in _columns(self._con, "attempts"):
+                return []
+            q = ("SELECT t.stage AS stage, t.key AS key, a.attempt AS attempt, a.state AS state, "
+                 "a.wall AS wall, a.cpu AS cpu, a.run_id AS run_id, a.phases AS phases "
+                 "FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE a.phases IS NOT NULL")
+            args: list[Any] = []
+            if stage is not None:
+                q += " AND t.stage = ?"
+                args.append(stage)
+            rows = [dict(r) for r in self._con.execute(q + " ORDER BY a.id", args)]
+        out = []
+        for r in rows:
+            try:
+                r["phases"] = json.loads(r["phases"])
+            except ValueError:
+                continue
+            out.append(r)
+        return out
 
     def close(self) -> None:
         if self._locked:

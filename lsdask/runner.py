@@ -325,7 +325,8 @@ class Runner:
             return True
         cls = res.get("failure_class") or "error"
         fields = {k: res.get(k) for k in ("worker", "host", "slurm_job_id", "start", "end",
-                                          "wall", "cpu", "peak_rss", "threads", "message")}
+                                          "wall", "cpu", "peak_rss", "threads", "message",
+                                          "phases")}
         again = None  # a retry: (count it as a failure, threads)
         if cls == "walltime":  # the worker retired at its lifetime: elsewhere, no failure
             again = (False, None)

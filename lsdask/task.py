@@ -7,6 +7,13 @@ process ``python -m lsdask.task`` (so the task's memory is its own, it can be
 killed on timeout or over its memory limit, and processors may use
 multiprocessing). The child's stdout/stderr go to the task's log file.
 
+A child reports its phases (:mod:`lsdask.phases`) through a pipe; the parent
+puts them in the result (``phases``, for the ledger), reports each phase's wall seconds to
+Dask's fine performance metrics (activity ``<stage>.<phase>``), and waits for the child in a
+frame named ``<stage>.<phase>`` so Dask's profiler shows where the child's time goes
+(``<stage>.start`` before the first phase: interpreter start and imports; ``<stage>.other``
+between and after phases).
+
 :func:`execute` never raises for a task failure: it returns a result dict with
 ``status`` (``succeeded``/``failed``), ``failure_class``, ``message``, where and
 when it ran, wall and CPU seconds and peak RSS. Only the loss of the worker
@@ -33,6 +40,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .phases import ENV as PHASES_ENV
+from .phases import PhaseReader, phase, waiter
+from .phases import channel as phases_channel
 
 #: Dask event topic on which workers report that a task started.
 START_TOPIC = "lsdask-task-start"
@@ -250,6 +261,7 @@ def _run_child(spec: TaskSpec) -> dict[str, Any]:
     # the child creates it (at its very end): a kill leaves no empty file behind
     result_path = os.path.join(tempfile.gettempdir(),
                                f"lsdask-result-{os.getpid()}-{uuid.uuid4().hex}.pickle")
+    rfd = wfd = -1
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(spec.threads)
@@ -264,9 +276,15 @@ def _run_child(spec: TaskSpec) -> dict[str, Any]:
                   f"threads {spec.threads} on {socket.gethostname()} pid {os.getpid()} "
                   f"at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         out.flush()
+        # the child's phases come through a pipe: nothing left behind if we are killed
+        rfd, wfd, env[PHASES_ENV] = phases_channel()
+        phases = PhaseReader(rfd)
         proc = subprocess.Popen([sys.executable, "-m", "lsdask.task", result_path],
                                 stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, close_fds=True)
+                                env=env, start_new_session=True, close_fds=True,
+                                pass_fds=(wfd,))
+        os.close(wfd)
+        wfd = -1
         try:
             proc.stdin.write(pickle.dumps(spec))
             proc.stdin.close()
@@ -314,11 +332,16 @@ def _run_child(spec: TaskSpec) -> dict[str, Any]:
                 killed_for = ("timeout", f"killed after the timeout of {spec.timeout:.0f} s")
                 _kill_group(proc)
                 continue
-            time.sleep(0.05)
+            _report_phases(spec.stage, phases.poll())
+            now_in = phases.current or ("other" if phases.done else "start")
+            waiter(f"{spec.stage}.{now_in}")(0.05)
         # leftovers of the child's own children (same session)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         wall = time.time() - t0
+        ended = phases.poll()
+        killed_in = phases.unfinished()  # phases the child did not end (killed in them)
+        _report_phases(spec.stage, ended + killed_in)
         cpu = rusage.ru_utime + rusage.ru_stime if rusage else None
         peak = max(peak, rusage.ru_maxrss * 1024.0 if rusage else 0.0)
         res: dict[str, Any] | None = None
@@ -342,7 +365,8 @@ def _run_child(spec: TaskSpec) -> dict[str, Any]:
             else:
                 cls, msg = "error", f"task process exited with code {proc.returncode}"
             res = {"status": "failed", "failure_class": cls, "message": msg, "summary": None}
-        res.update(wall=wall, cpu=cpu, peak_rss=peak or None)
+        res.update(wall=wall, cpu=cpu, peak_rss=peak or None,
+                   phases=(phases.done + killed_in) or None)
         out.write(f"=== {res['status']}"
                   f"{' (' + str(res['failure_class']) + ')' if res['failure_class'] else ''}"
                   f" wall {wall:.1f} s cpu {cpu or 0:.1f} s peak RSS {peak / 2**20:.0f} MiB"
@@ -350,8 +374,22 @@ def _run_child(spec: TaskSpec) -> dict[str, Any]:
         return res
     finally:
         out.close()
+        for fd in (rfd, wfd):
+            if fd >= 0:
+                os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(result_path)
+
+
+def _report_phases(stage: str, ended: list[dict[str, Any]]) -> None:
+    """Each phase's wall seconds to Dask's fine performance metrics (in a worker's task)."""
+    if not ended:
+        return
+    with contextlib.suppress(Exception):
+        from distributed.metrics import context_meter
+
+        for p in ended:
+            context_meter.digest_metric(f"{stage}.{p['name']}", p["wall"], "seconds")
 
 
 def _watch_parent(ppid: int) -> None:
@@ -404,6 +442,7 @@ def noop(threads: int = 1, **kwargs: Any) -> None:
 
 
 def sleep(threads: int = 1, seconds: float = 0.0, **kwargs: Any) -> dict[str, Any]:
-    """A task that sleeps (tests)."""
-    time.sleep(seconds)
+    """A task that sleeps (tests), in a phase named ``sleep``."""
+    with phase("sleep"):
+        time.sleep(seconds)
     return {"slept": seconds}

@@ -186,6 +186,30 @@ class Report:
                                self.layout.report_plot("timeline")), "timeline")
         return out
 
+    def phases(self) -> str:
+        """Where the time goes: per stage and phase, the wall (and CPU) of the attempts."""
+        from .phases import phase_stats, plot_phases
+
+        rows: list[dict] = []
+        if self.layout.ledger.exists():
+            with self.release.ledger() as led:
+                rows = led.phase_rows()
+        if not rows:
+            return notyet("no task has reported its phases")
+        stats = phase_stats(rows)
+        n = Counter(r["stage"] for r in rows)
+        body = [[s.stage, s.phase, s.attempts, duration(s.total_wall), duration(s.median_wall),
+                 "-" if s.total_cpu is None else duration(s.total_cpu),
+                 "-" if s.median_cpu is None else duration(s.median_cpu),
+                 f"{100 * s.share:.1f}"] for s in stats]
+        path = plot_phases(stats, self.layout.report_plot("phases"))
+        return ("<p>Phases reported by the task processes, over all recorded attempts ("
+                + ", ".join(f"{st} {k}" for st, k in n.items()) + "); CPU of the task process "
+                "and its reaped children (legacypipe: its main process).</p>"
+                + table(["stage", "phase", "attempts", "total wall", "median wall",
+                         "total CPU", "median CPU", "% of stage wall"], body, id="phases-table")
+                + self.img(path, "where the time goes"))
+
     def exposures(self) -> str:
         import fitsio
         import numpy as np
@@ -264,6 +288,7 @@ class Report:
     SECTIONS: list[tuple[str, str, str]] = [
         ("stages", "Stages", "stages"), ("sky", "Bricks on the sky", "sky"),
         ("depth", "Depth", "depth"), ("tasks", "Tasks", "task_plots"),
+        ("phases", "Where the time goes", "phases"),
         ("exposures", "Exposures (survey-ccds)", "exposures"), ("gallery", "Gallery", "gallery"),
         ("runs", "Runs", "runs_section")]
 

@@ -10,7 +10,8 @@ driver's venv, so every legacypipe step is a command line:
   vendored ``build.sh`` whose ``env.sh`` sets PATH, PYTHONPATH and DUST_DIR.
 
 The exact command line (with the variables lsdask sets) is written first in the task log,
-so an operator can rerun it by hand; the output follows in the log. Failures are classed
+so an operator can rerun it by hand; the output follows in the log, and runbrick's stages
+are reported as the task's phases as they end (:mod:`.stages`). Failures are classed
 from the exit status and the log: memory -> :class:`BrickMemoryError`, a missing or
 corrupt input file -> :class:`InputError` naming it, anything else a
 :class:`LegacypipeError` with the last traceback line.
@@ -31,6 +32,7 @@ from typing import Any
 
 from ...errors import ConfigError, InputError, LsdaskError
 from .. import BrickMemoryError
+from .stages import report_line
 
 PREFIX_VAR = "LSDASK_LEGACYPIPE_PREFIX"
 
@@ -162,6 +164,7 @@ def run(launcher: Launcher, module: str, args: list[str], cwd: Path | None = Non
         for ln in proc.stdout:
             sys.stdout.write(ln)
             tail.append(ln.rstrip("\n"))
+            report_line(ln)  # runbrick's stages as the task's phases
         rc = proc.wait()
     except BaseException:
         proc.send_signal(signal.SIGKILL)

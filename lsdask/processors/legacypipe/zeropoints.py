@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError
+from ...phases import phase
 from ...survey.camera import camera_of
 from ...survey.layout import ReleaseLayout
 from .launcher import make_launcher, run
@@ -46,7 +47,7 @@ def _settings(settings: Any):
 def _legacyzpts(launcher, args: list[str], what: str) -> None:
     """legacyzpts in a scratch working directory, removed after: PsfEx writes its
     ``psfex_out.cat`` into the working directory (every path lsdask passes is absolute)."""
-    with tempfile.TemporaryDirectory(prefix="lsdask-legacyzpts-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lsdask-legacyzpts-") as tmp, phase("legacyzpts"):
         run(launcher, MODULE, args, cwd=Path(tmp), what=what)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.lib.recfunctions  # noqa: F401 (append_fields)
 
+from ...phases import phase
 from ...survey.camera import get_camera
 from ...survey.layout import image_basename
 from ...survey.psfex import PsfExModel, poly_terms, read_psfex_all, write_psfex
@@ -395,26 +396,27 @@ def run_calibs(layout, image_filename: str, options=None) -> dict[str, Any]:
     if not force and calibs_done(layout, image_filename):
         return {"image_filename": image_filename, "skipped": True}
     sky_rows, psfs, extras, failed, fwhms = [], [], [], {}, {}
-    with open_exposure(layout, image_filename) as ex:
+    with phase("fit"), open_exposure(layout, image_filename) as ex:
         expnum, meta = _exposure_meta(ex)
         measured = {name: measure_ccd(ex.read_ccd(ext, name), expnum, meta)
                     for ext, name in ex.exts}
-    beta = exposure_beta([c.shape for c in measured.values() if c.shape is not None])
-    for name, c in measured.items():
-        model, extra = ccd_model(c, name, expnum, beta)
-        if c.failed:
-            failed[name] = c.failed
-        sky_rows.append(c.srow)
-        psfs.append(model)
-        extras.append(extra)
-        fwhms[name] = float(model.psf_fwhm)
-    table = _sky_table(sky_rows)
-    spath = layout.splinesky(image_filename)
-    ppath = layout.psfex(image_filename)
-    spath.parent.mkdir(parents=True, exist_ok=True)
-    ppath.parent.mkdir(parents=True, exist_ok=True)
-    write_splinesky(spath, table)
-    write_psfex(ppath, psfs, extras)
+        beta = exposure_beta([c.shape for c in measured.values() if c.shape is not None])
+        for name, c in measured.items():
+            model, extra = ccd_model(c, name, expnum, beta)
+            if c.failed:
+                failed[name] = c.failed
+            sky_rows.append(c.srow)
+            psfs.append(model)
+            extras.append(extra)
+            fwhms[name] = float(model.psf_fwhm)
+    with phase("write"):
+        table = _sky_table(sky_rows)
+        spath = layout.splinesky(image_filename)
+        ppath = layout.psfex(image_filename)
+        spath.parent.mkdir(parents=True, exist_ok=True)
+        ppath.parent.mkdir(parents=True, exist_ok=True)
+        write_splinesky(spath, table)
+        write_psfex(ppath, psfs, extras)
     for name, why in failed.items():
         print(f"{image_filename} CCD {name}: {why}; a fallback model is written (the "
               f"zeropoints cut the CCD if it cannot be measured)", flush=True)

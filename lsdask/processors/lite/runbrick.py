@@ -20,6 +20,11 @@ Steps (``run_runbrick``):
 6. write the coadds, maskbits, depth histograms, ccds table, JPEG, blob map,
    then the tractor catalogue and ``brick-<brick>.sha256sum`` (:mod:`.brickio`).
 
+Each step is timed as a phase (:mod:`lsdask.phases`, in ``timings`` of the summary too):
+``select``, ``calibs`` (calibrations fitted on the fly), ``coadds`` (read, calibrate,
+resample and accumulate: one step, interleaved across the worker processes),
+``checkpoint``, ``detect``, ``photometry`` and ``write``.
+
 This is not legacypipe's runbrick: no Tractor (sources are fitted one at a time, galaxies
 are round), no WISE forced photometry, no dust map (``ebv`` is 0 and ``mw_transmission``
 1; header ``EBVMAP = 'none'``).
@@ -45,6 +50,7 @@ import numpy as np
 
 from ... import __version__
 from ...errors import ConfigError, InputError
+from ...phases import phase
 from ...survey.bricks import Brick, brick_grid
 from ...survey.layout import ReleaseLayout
 from ...survey.releases import DEFAULT_RELEASE
@@ -151,7 +157,7 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
                  options, release: int = DEFAULT_RELEASE, config_hash: str = "") -> dict[str, Any]:
     """Process one brick; returns a small summary dict (see module docstring)."""
     t0 = time.time()
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {}  # phase -> wall seconds (also reported: lsdask.phases)
     brick = brick_grid().brick(brickname)
     bands = tuple(bands)
     wcs = brick_wcs(brick, options)
@@ -160,12 +166,13 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
     if getattr(options, "force", False):
         layout.tractor(brickname).unlink(missing_ok=True)
 
-    sel = select_ccds(ccds, wcs, bands)
-    timings["select"] = time.time() - t0
+    with phase("select", timings):
+        sel = select_ccds(ccds, wcs, bands)
     if len(sel) == 0:
         raise InputError(f"brick {brickname}: no usable CCD (ccd_cuts == 0, bands "
                          f"{','.join(bands)}) touches it")
-    ensure_calibs(layout, sel, make=not getattr(options, "skip_calibs", False))
+    with phase("calibs", timings):
+        ensure_calibs(layout, sel, make=not getattr(options, "skip_calibs", False))
     need = estimate_memory(wcs, sel, len(bands), threads)
     limit = getattr(options, "memory_limit_gb", None)
     if limit is not None and need > float(limit) * 1e9:
@@ -192,46 +199,41 @@ def run_runbrick(layout: ReleaseLayout, brickname: str, ccds: np.ndarray, bands,
         coadds = payload["coadds"]
         log.info("brick %s: resuming from checkpoint %s (%s)", brickname, ckpath, resumed)
     else:
-        t = time.time()
-        coadds, images = make_coadds(layout, sel, wcs, bands, kernel, threads, keep_images)
-        timings["coadds"] = time.time() - t
-        t = time.time()
-        checkpoint.save(ckpath, key, "coadds", {"coadds": coadds})
-        timings["checkpoint"] = time.time() - t
+        with phase("coadds", timings):
+            coadds, images = make_coadds(layout, sel, wcs, bands, kernel, threads, keep_images)
+        with phase("checkpoint", timings):
+            checkpoint.save(ckpath, key, "coadds", {"coadds": coadds})
         if os.environ.get(KILL_ENV) == "coadds":
             os.kill(os.getpid(), signal.SIGKILL)
 
-    t = time.time()
-    refs = refstars.brick_refs(layout, wcs)
-    det = detect_with_refs(coadds, wcs, refs, float(options.nsigma), threads)
-    co_sky = subtract_coadd_sky(coadds, det.segmap, images)
-    timings["detect"] = time.time() - t
+    with phase("detect", timings):
+        refs = refstars.brick_refs(layout, wcs)
+        det = detect_with_refs(coadds, wcs, refs, float(options.nsigma), threads)
+        co_sky = subtract_coadd_sky(coadds, det.segmap, images)
     # the coadd images do not change from here on: with several threads, write them in
     # forked processes while photometry runs
     early = (_ImageWriter(coadd_jobs(layout, brickname, coadds), wcs, threads,
                           background=True) if threads > 1 else None)
-    t = time.time()
-    cat, models = measure(layout, brick, wcs, sel, coadds, det, bands, kernel, threads, images,
-                          refs=refs, co_sky=co_sky)
+    with phase("photometry", timings):
+        cat, models = measure(layout, brick, wcs, sel, coadds, det, bands, kernel, threads,
+                              images, refs=refs, co_sky=co_sky)
     del images
-    timings["photometry"] = time.time() - t
-    t = time.time()
-    uniq = unique_pixels(brick, wcs)
-    maskbits = make_maskbits(uniq, coadds, refs, wcs.pixscale)
-    iy = np.clip(np.rint(cat["by"]).astype(int), 0, wcs.height - 1)
-    ix = np.clip(np.rint(cat["bx"]).astype(int), 0, wcs.width - 1)
-    cat["maskbits"] = maskbits[iy, ix]
-    cat["release"] = release
-    products = write_products(layout, brick, wcs, sel, coadds, models, maskbits, det, uniq,
-                              threads=threads, early=early, co_sky=co_sky)
-    hdr = tractor_header(brick, release, config_hash, kernel)
-    with brickio.atomic_path(layout.tractor(brickname)) as tmp:
-        write_tractor(tmp, cat, header={"EXTNAME": "CATALOG"}, primary_header=hdr)
-        text = brickio.sha256_lines(products, layout.release_dir)
-        rel = layout.tractor(brickname).resolve().relative_to(layout.release_dir.resolve())
-        text += f"{brickio.sha256_file(tmp)}  {rel}\n"
-        brickio.write_sha256sum(layout, brickname, text)
-    timings["write"] = time.time() - t
+    with phase("write", timings):
+        uniq = unique_pixels(brick, wcs)
+        maskbits = make_maskbits(uniq, coadds, refs, wcs.pixscale)
+        iy = np.clip(np.rint(cat["by"]).astype(int), 0, wcs.height - 1)
+        ix = np.clip(np.rint(cat["bx"]).astype(int), 0, wcs.width - 1)
+        cat["maskbits"] = maskbits[iy, ix]
+        cat["release"] = release
+        products = write_products(layout, brick, wcs, sel, coadds, models, maskbits, det, uniq,
+                                  threads=threads, early=early, co_sky=co_sky)
+        hdr = tractor_header(brick, release, config_hash, kernel)
+        with brickio.atomic_path(layout.tractor(brickname)) as tmp:
+            write_tractor(tmp, cat, header={"EXTNAME": "CATALOG"}, primary_header=hdr)
+            text = brickio.sha256_lines(products, layout.release_dir)
+            rel = layout.tractor(brickname).resolve().relative_to(layout.release_dir.resolve())
+            text += f"{brickio.sha256_file(tmp)}  {rel}\n"
+            brickio.write_sha256sum(layout, brickname, text)
     if not getattr(options, "keep_checkpoints", False):
         checkpoint.remove(ckpath)
     timings["total"] = time.time() - t0

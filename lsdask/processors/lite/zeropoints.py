@@ -43,6 +43,7 @@ import numpy as np
 
 from ...atomic import atomic_path
 from ...errors import InputError
+from ...phases import phase
 from ...survey.camera import band_of_filter, get_camera
 from ...survey.ccds import CCD_CUTS, SURVEY_CCDS_DTYPE
 from ...survey.psfex import PsfExModel, read_psfex, read_psfex_all
@@ -260,7 +261,7 @@ def run_zeropoints(layout, image_filename: str, options=None) -> dict[str, Any]:
         return {"image_filename": image_filename, "skipped": True}
     psfs, skies = _load_calibs(layout, image_filename)
     rows, phots, errors = [], [], []
-    with open_exposure(layout, image_filename) as ex:
+    with phase("measure"), open_exposure(layout, image_filename) as ex:
         prim = ex.primary
         cam = get_camera(ex.camera or "decam")
         band = band_of_filter(prim.get("FILTER", "")) or str(prim.get("BAND", "")).strip()[:1]
@@ -374,19 +375,20 @@ def run_zeropoints(layout, image_filename: str, options=None) -> dict[str, Any]:
             else:
                 r["sig1"] = np.nan
         r["ccd_cuts"] = cuts
-    out = layout.zeropoints(image_filename)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    errs = np.array(errors, dtype=ERRORS_DTYPE)
-    with atomic_path(out) as tmp:
-        with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
-            hdr = {"ZPT": zpt if np.isfinite(zpt) else -1.0,
-                   "PHRMS": phrms if np.isfinite(phrms) else -1.0, "NFAILED": len(errors)}
-            f.write(ccdrows, extname="CCDS", header=hdr)
-            f.write(errs if len(errs) else np.zeros(0, dtype=ERRORS_DTYPE), extname="ERRORS")
-    phot = np.concatenate(phots) if phots else np.zeros(0, dtype=PHOTOM_DTYPE)
-    with atomic_path(layout.photom(image_filename)) as tmp:
-        with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
-            f.write(phot, extname="PHOTOM")
+    with phase("write"):
+        out = layout.zeropoints(image_filename)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        errs = np.array(errors, dtype=ERRORS_DTYPE)
+        with atomic_path(out) as tmp:
+            with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
+                hdr = {"ZPT": zpt if np.isfinite(zpt) else -1.0,
+                       "PHRMS": phrms if np.isfinite(phrms) else -1.0, "NFAILED": len(errors)}
+                f.write(ccdrows, extname="CCDS", header=hdr)
+                f.write(errs if len(errs) else np.zeros(0, dtype=ERRORS_DTYPE), extname="ERRORS")
+        phot = np.concatenate(phots) if phots else np.zeros(0, dtype=PHOTOM_DTYPE)
+        with atomic_path(layout.photom(image_filename)) as tmp:
+            with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
+                f.write(phot, extname="PHOTOM")
     return {"image_filename": image_filename, "skipped": False, "nccd": len(ccdrows),
             "zpt": zpt, "failed": dict(errors),
             "ccd_cuts": {str(r["ccdname"]): int(r["ccd_cuts"]) for r in ccdrows},
