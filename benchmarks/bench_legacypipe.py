@@ -1,7 +1,8 @@
 """lite vs legacypipe's runbrick on the same demo brick (same images, calibrations, zeropoints).
 
-Simulates the one-brick demo of ``lsdask demo --processor legacypipe`` (brick 1801p320 at the
-demo's 1"/px, lite calibrations and zeropoints) once into ``--workdir``, then runs
+Simulates the one-brick demo of ``lsdask demo --processor legacypipe`` (brick 1801p320 at
+DECam's 0.262"/px with Gaia and Tycho-2, lite calibrations and zeropoints; ``--zoom 1400 2200
+1400 2200`` is the demo's own 800 x 800-pixel centre) once into ``--workdir``, then runs
 ``lsdask runbrick`` with each processor on the same brick (``--zoom`` optional), alternating
 ``--repeat`` times, each as a child process; prints the wall time per run, the median ratio
 legacypipe / lite measured in this session, and legacypipe's own per-stage wall times read
@@ -9,6 +10,10 @@ from its log (``Stage <name>: Wall: ...``).
 
     LSDASK_LEGACYPIPE_PREFIX=~/.cache/lsdask/legacypipe-stack \\
         .venv/bin/python benchmarks/bench_legacypipe.py [--zoom X0 X1 Y0 Y1] [--threads 2]
+
+Measured 2026-11-27 (2 threads, zoom 1400 2200 1400 2200, other jobs on the machine): lite
+34.1 s, legacypipe 302.5 s (8.9x); legacypipe's stages: fitblobs 265.1 s, outliers 8.3,
+coadds 6.6, srcs 4.4, tims 3.5, writecat 1.7, halos 1.1, refs 0.3.
 """
 
 from __future__ import annotations
