@@ -103,7 +103,7 @@ def phase(name: str, timings: dict[str, float] | None = None) -> Iterator[None]:
 
 
 class PhaseReader:
-    """The parent's view of a child's phase file, read incrementally as it grows."""
+    """The parent's view of a child's phases, read from the pipe as they arrive."""
 
     def __init__(self, fd: int):
         self.fd = fd

@@ -266,13 +266,6 @@ def psf_model(stars: PsfStars, shape: MoffatShape, ccdname: str) -> tuple[PsfExM
     return model, info
 
 
-def fit_psf(ccd: CcdData, sub: np.ndarray, pixscale: float) -> tuple[PsfExModel, dict]:
-    """PsfEx-format Moffat model of one CCD from its own stars alone (raises ValueError
-    when none)."""
-    stars = psf_stars(ccd, sub, pixscale)
-    return psf_model(stars, fit_shape(stars), ccd.ccdname)
-
-
 FINE_HALF = 15  # native half-size of finely sampled models (undersampled images)
 
 
