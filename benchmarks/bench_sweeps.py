@@ -9,6 +9,9 @@ benchmarks/out. Each repeat measures, interleaved (the machine is shared):
   worker processes;
 - after: ``run_sweeps`` (one pass over the tractor files writes the Parquet partition and
   each brick's sweep shares, then the boxes are assembled), on a fresh cluster the same way;
+- where the time goes, on the same cluster set-up: the Parquet partition alone (the pass
+  without sweep shares), and the same with the 42 array columns (fixed-size lists: apflux_*,
+  lc_*, dchisq ...) left out, the share of Parquet's list encoding;
 - legacypipe's ``generate-sweep-files.py`` (DR9.6.9, ``--numproc 2``, FITS sweeps only)
   when the legacypipe stack is built (``$LSDASK_LEGACYPIPE_PREFIX``, default
   ``~/.cache/lsdask/legacypipe-stack``, with its ``.stamp``); skipped with a message if not.
@@ -27,6 +30,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import dask
 from _tractor_bench import OUT, bench_layout, cpu_seconds, load_average, peak_rss_mb, read_floor
 
 REPEATS = int(os.environ.get("LSDASK_BENCH_REPEATS", 3))
@@ -72,6 +76,44 @@ def _after(layout, client) -> None:
         raise RuntimeError(s["parquet"]["failed"])
 
 
+def _partition(layout, client) -> None:
+    """The tractor -> Parquet partition alone (what the pass costs without sweep shares)."""
+    from lsdask.graphs.parquet import tractor_bricks, tractor_checksum
+    from lsdask.testing.sweeps_before import _compute, _convert_chunk
+
+    items = [(b, tractor_checksum(layout, b)) for b in tractor_bricks(layout)]
+    chunks = [items[i:i + 4] for i in range(0, len(items), 4)]
+    _compute(client, [dask.delayed(_convert_chunk, pure=False)(layout, c) for c in chunks])
+
+
+def _flat_chunk(layout, bricks: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lsdask.graphs.parquet import WRITE_OPTIONS, raw_to_arrow
+    from lsdask.survey.tractor import read_table_raw
+
+    for b in bricks:
+        data, logical, phdr, _ = read_table_raw(layout.tractor(b), primary_header=True)
+        keep = [n for n in data.dtype.names if not data.dtype[n].shape]
+        table = raw_to_arrow(data[keep], [n for n in logical if n in keep],
+                             {k: str(v) for k, v in phdr.items()})
+        assert not any(pa.types.is_fixed_size_list(f.type) for f in table.schema)
+        out = layout.tractor_parquet / f"flat-{b}.parquet"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, out, compression="none", **WRITE_OPTIONS)
+
+
+def _partition_flat(layout, client) -> None:
+    """The partition without the array columns (diagnostic: what the lists cost)."""
+    from lsdask.graphs.parquet import tractor_bricks
+    from lsdask.testing.sweeps_before import _compute
+
+    names = list(tractor_bricks(layout))
+    chunks = [names[i:i + 4] for i in range(0, len(names), 4)]
+    _compute(client, [dask.delayed(_flat_chunk, pure=False)(layout, c) for c in chunks])
+
+
 def _legacypipe_setup(paths: list[str]) -> tuple[Path, Path] | None:
     if not (PREFIX / ".stamp").is_file() or not (PREFIX / "env.sh").is_file():
         print(f"legacypipe's script: skipped (no built stack at {PREFIX}; "
@@ -113,12 +155,15 @@ def main() -> None:
           f"{REPEATS} repeats, interleaved")
     read_floor(paths, 2)  # warm the page cache for everyone
     lp = _legacypipe_setup(paths)
-    runs: dict[str, list] = {"floor": [], "before": [], "after": [], "legacypipe": []}
+    runs: dict[str, list] = {"floor": [], "before": [], "after": [], "legacypipe": [],
+                             "partition": [], "flat": []}
     for r in range(REPEATS):
         runs["floor"].append(read_floor(paths, 2, cpu=True))
         order = (("before", _before), ("after", _after))
         for name, fn in order if r % 2 == 0 else order[::-1]:
             runs[name].append(_on_cluster(fn, layout))
+        runs["partition"].append(_on_cluster(_partition, layout))
+        runs["flat"].append(_on_cluster(_partition_flat, layout))
         if lp is not None:
             runs["legacypipe"].append((_legacypipe(*lp, layout.release_dir / "tractor"),))
         print(f"  repeat {r + 1}: floor {runs['floor'][-1][0]:.2f} s, before "
@@ -142,6 +187,11 @@ def main() -> None:
         w, c = med(name), med(name, 1)
         print(f"{label:44s} {w:7.2f} {w / floor:8.2f} {c:7.2f} {c / med('floor', 1):8.2f}")
     print(f"after / before: {med('after') / med('before'):.2f}")
+    print("where the time goes (same cluster set-up):")
+    for name, label in (("partition", "  Parquet partition alone (no sweep shares)"),
+                        ("flat", "  ... without the 42 array columns")):
+        w, c = med(name), med(name, 1)
+        print(f"{label:44s} {w:7.2f} {w / floor:8.2f} {c:7.2f} {c / med('floor', 1):8.2f}")
     if lp is not None:
         w = med("legacypipe")
         print(f"{'legacypipe generate-sweep-files.py (2 proc)':44s} {w:7.2f} {w / floor:8.2f}")
