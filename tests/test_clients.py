@@ -3,7 +3,8 @@
 desitarget (PyPI, a test dependency) on a small demo release made by the lite chain: its
 ``read_tractor`` on the tractor catalogues and the sweeps, its file listings on the release
 tree, and ``select_targets`` on the sweeps against ``select_targets`` on the simulation's truth
-written in the same sweep format. One release for the module (~1 min on 2 cores).
+written in the same sweep format, noise-free and with the release's own noise (what a flawless
+pipeline would select at this depth). One release for the module (~1 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -166,9 +167,10 @@ def _counts(targets: np.ndarray) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def target_counts(demo_release, tmp_path_factory) -> tuple[dict, dict]:
+def target_counts(demo_release, tmp_path_factory) -> tuple[dict, dict, Path]:
     """desitarget's ``select_targets`` (main survey, ELG and BGS, no Gaia-only backup
-    targets) on the release's sweeps and on the truth sweep: counts per class."""
+    targets) on the release's sweeps and on the truth sweep: counts per class, and the
+    truth sweep file."""
     kw = dict(numproc=1, tcnames=["ELG", "BGS"], backup=False)
     measured = select_targets([str(p) for p in _sweeps(demo_release)], **kw)
     truth_file = tmp_path_factory.mktemp("truthsw") / "sweep-180p030-190p035.fits"
@@ -178,27 +180,90 @@ def target_counts(demo_release, tmp_path_factory) -> tuple[dict, dict]:
     assert set(measured["PHOTSYS"]) == set(truth["PHOTSYS"]) == {"S"}
     got, want = _counts(measured), _counts(truth)
     print(f"desitarget select_targets: release {got}, truth {want} ({ntruth} true sources)")
-    return got, want
+    return got, want, truth_file
 
 
 def test_desitarget_select_targets_bgs_agree_with_truth(target_counts):
     """ELG and BGS targets come out of the release's sweeps, and the BGS targets number
     within 20 % of those desitarget selects from the truth in the same sweep format."""
-    got, want = target_counts
+    got, want = target_counts[:2]
     assert got["ELG"] >= 10 and want["ELG"] >= 10, (got, want)
     assert want["BGS"] >= 100, want
     assert abs(got["BGS"] - want["BGS"]) <= 0.2 * want["BGS"], (got, want)
     assert abs(got["BGS_BRIGHT"] - want["BGS_BRIGHT"]) <= 0.2 * want["BGS_BRIGHT"], (got, want)
 
 
+#: Noise realisations of the truth at the release's depth (fixed seeds).
+NOISE_SEEDS = range(8)
+
+
+def noisy_truth_sweep(rel: Release, truth_file: Path, out: Path, seed: int) -> None:
+    """The truth sweep with the noise a flawless pipeline would have at this release's depth:
+    each true flux plus a Gaussian error of the release's own depth where the source lies
+    (``psfdepth`` for point sources, ``galdepth`` for galaxies, from the nearest release
+    sweep row; fibre fluxes scaled with the total flux), ``flux_ivar`` set to match."""
+    from scipy.spatial import cKDTree
+
+    truth, hdr = fitsio.read(str(truth_file), header=True)
+    rows = np.concatenate([read_sweep(p) for p in _sweeps(rel)])
+    cosd = np.cos(np.deg2rad(np.median(truth["DEC"])))
+    _, j = cKDTree(np.c_[rows["ra"] * cosd, rows["dec"]]).query(
+        np.c_[truth["RA"] * cosd, truth["DEC"]])
+    point = np.char.strip(truth["TYPE"].astype(str)) == "PSF"
+    rng = np.random.default_rng(seed)
+    out_rows = truth.copy()
+    for band in OPTICAL_BANDS:
+        b = band.upper()
+        depth = np.where(point, rows[f"psfdepth_{band}"][j], rows[f"galdepth_{band}"][j])
+        sig = 1 / np.sqrt(np.where(depth > 0, depth, np.inf))
+        flux = truth[f"FLUX_{b}"] + rng.standard_normal(len(truth)) * sig
+        scale = np.where(truth[f"FLUX_{b}"] != 0, flux / np.where(truth[f"FLUX_{b}"] != 0,
+                                                                 truth[f"FLUX_{b}"], 1), 1)
+        out_rows[f"FLUX_{b}"] = flux
+        out_rows[f"FLUX_IVAR_{b}"] = np.where(depth > 0, depth, 0)
+        for k in ("FIBERFLUX", "FIBERTOTFLUX"):
+            out_rows[f"{k}_{b}"] = truth[f"{k}_{b}"] * scale
+    fitsio.write(str(out), out_rows, header=hdr, extname=EXTNAME, clobber=True)
+
+
+@pytest.fixture(scope="module")
+def noisy_truth_counts(demo_release, target_counts, tmp_path_factory) -> list[dict]:
+    """``select_targets`` on the truth sweep with the release's noise, once per seed."""
+    truth_file = target_counts[2]
+    kw = dict(numproc=1, tcnames=["ELG", "BGS"], backup=False)
+    out = []
+    for seed in NOISE_SEEDS:
+        path = tmp_path_factory.mktemp(f"noisy{seed}") / truth_file.name
+        noisy_truth_sweep(demo_release, truth_file, path, seed)
+        out.append(_counts(select_targets([str(path)], **kw)))
+    return out
+
+
 @pytest.mark.xfail(strict=True, reason=(
-    "lite photometry: faint EXP galaxies come out ~0.07 mag bluer in g-r and DEV fluxes "
-    "0.1-0.26 mag low, and the simulation's galaxy colours (g-r >= 0.4) put desitarget's ELG "
-    "colour box on the edge of the distribution, so the release gives ~2x the truth's ELGs"))
+    "noise-free truth: at this release's depth, photometric noise scatters faint galaxies "
+    "across the edge of desitarget's ELG colour box (the simulation's g-r and r-z put the box "
+    "on a steep edge of the distribution), so ~2x the noise-free truth's ELGs come out; the "
+    "truth with the release's own noise gives as many as the release "
+    "(test_desitarget_select_targets_elg_agree_with_truth_at_the_release_depth)"))
 def test_desitarget_select_targets_elg_agree_with_truth(target_counts):
-    """ELG targets number within 20 % of those desitarget selects from the truth."""
-    got, want = target_counts
+    """ELG targets number within 20 % of those desitarget selects from the noise-free truth."""
+    got, want = target_counts[:2]
     assert abs(got["ELG"] - want["ELG"]) <= 0.2 * want["ELG"], (got, want)
+
+
+def test_desitarget_select_targets_elg_agree_with_truth_at_the_release_depth(
+        target_counts, noisy_truth_counts):
+    """ELG targets number within 20 % of the mean over noise realisations of the truth at
+    the release's depth (what a flawless pipeline would select), and the noise is what
+    moves them: the noise-free truth gives fewer."""
+    got, want = target_counts[:2]
+    noisy = np.array([c["ELG"] for c in noisy_truth_counts])
+    print(f"ELG: release {got['ELG']}, noise-free truth {want['ELG']}, truth at the release's "
+          f"depth {noisy.mean():.1f} (range {noisy.min()}-{noisy.max()}, {len(noisy)} seeds)")
+    assert abs(got["ELG"] - noisy.mean()) <= 0.2 * noisy.mean(), (got, noisy)
+    assert noisy.mean() > 1.3 * want["ELG"], (noisy, want)
+    bgs = np.array([c["BGS"] for c in noisy_truth_counts])
+    assert abs(got["BGS"] - bgs.mean()) <= 0.2 * bgs.mean(), (got, bgs)
 
 
 #: Run in the legacypipe stack's own python (lsdask is not importable there): legacypipe's
