@@ -72,6 +72,32 @@ class QuietShutdownPlugin(WorkerPlugin):
             logging.getLogger(n).setLevel(logging.ERROR)
 
 
+class DeepMessageSizeofFilter(logging.Filter):
+    """Drops distributed's warning that it could not size a message it is about to send
+    ("... Defaulting to -1 B"): a deeply nested message, such as a worker's profile tree of
+    runbrick's deep call stacks sent for the performance report. Distributed then just
+    serialises it off its event loop; nothing is lost. Other sizeof warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Defaulting to -1 B" not in record.getMessage()
+
+
+def quiet_deep_message_sizeof() -> None:
+    """Install :class:`DeepMessageSizeofFilter` on ``distributed.sizeof`` (once)."""
+    lg = logging.getLogger("distributed.sizeof")
+    if not any(isinstance(f, DeepMessageSizeofFilter) for f in lg.filters):
+        lg.addFilter(DeepMessageSizeofFilter())
+
+
+class QuietSizeofPlugin(WorkerPlugin):
+    """Worker plugin: :func:`quiet_deep_message_sizeof` in each worker."""
+
+    name = "lsdask-quiet-sizeof"
+
+    def setup(self, worker) -> None:
+        quiet_deep_message_sizeof()
+
+
 #: Dask key of attempt ``n`` of a task: ``runbrick-<brick>`` then ``runbrick-<brick>~2`` ...
 def task_key(stage: str, key: str, attempt: int = 1) -> str:
     base = f"{stage}-{key}"
@@ -380,6 +406,9 @@ class Runner:
         link = dashboard_link(self.client)
         if link:
             self.echo(f"lsdask: dashboard {link}")
+        quiet_deep_message_sizeof()  # the scheduler's side (in this process)
+        with contextlib.suppress(Exception):
+            self.client.register_plugin(QuietSizeofPlugin())
         subscribed = any(t.spec.report_start for t in tasks)
         if subscribed:
             self.client.subscribe_topic(START_TOPIC, self._on_event)

@@ -184,3 +184,51 @@ def test_status_lines_and_ticks_without_a_terminal(tmp_path, client, capsys):
     (2.4, "2.4 h"), (0.0, "0 min"), (math.nan, "-"), (None, "-")])
 def test_eta_in_minutes_below_an_hour(hours, text):
     assert format_eta(hours) == text
+
+
+def test_no_sizeof_warning_for_deep_profiles(tmp_path, capfd):
+    """At a run's end the performance report asks each worker for its profile; runbrick's deep
+    call stacks make that message too deeply nested for distributed's sizeof, which warned
+    ("Sizeof calculation ... failed. Defaulting to -1 B") once per worker in every demo. The
+    runner filters exactly that warning, in the workers and the driver; nothing else."""
+    import logging
+    import time
+
+    def deep(n: int) -> int:  # a call stack n frames deep for a second (defined here: the
+        if n == 0:            # workers get it by value)
+            t0 = time.time()
+            while time.time() - t0 < 1.0:
+                pass
+            return 0
+        return deep(n - 1) + 1
+
+    def filtered() -> bool:
+        from lsdask.runner import DeepMessageSizeofFilter
+
+        return any(isinstance(f, DeepMessageSizeofFilter)
+                   for f in logging.getLogger("distributed.sizeof").filters)
+
+    cluster = make_cluster("local", n_workers=1, threads_per_worker=1)
+    try:
+        with Client(cluster) as c:
+            assert c.submit(deep, 90, pure=False).result() == 90
+            c.profile()
+            before = capfd.readouterr().err
+            led = Ledger(tmp_path / "l.sqlite")
+            led.acquire(heartbeat=False)
+            led.start_run("x", ["t"])
+            tasks = [Task(TaskSpec("t", "k", "lsdask.task:sleep", {"seconds": 0.1}))]
+            assert Runner(c, led, progress=False).run(tasks).succeeded["t"] == 1
+            led.close()
+            assert all(c.run(filtered).values()) and filtered()
+            assert c.submit(deep, 90, pure=False).result() == 90
+            c.profile()
+            after = capfd.readouterr().err
+    finally:
+        cluster.close()
+    assert "Sizeof calculation for object of type 'dict' failed" in before, before[-2000:]
+    assert "Sizeof calculation" not in after, after[-2000:]
+    rec = logging.LogRecord("distributed.sizeof", logging.WARNING, "", 0,
+                            "Sizeof calculation for object of type 'X' failed. Defaulting to "
+                            "1 MiB", None, None)
+    assert logging.getLogger("distributed.sizeof").filter(rec)  # other sizeof warnings pass
