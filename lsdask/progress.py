@@ -103,8 +103,11 @@ class StageBars:
                 parts.append(f"{blocked} blocked")
             if st in self.first:
                 t1, d1 = self.first[st]
-                rate, eta = rate_and_eta(done - d1, total - d1, now - t1)
-                parts += [f"{rate:.1f}/min", eta]
+                if done > d1:  # a rate needs tasks finished after the first ones
+                    rate, eta = rate_and_eta(done - d1, total - d1, now - t1)
+                    parts += [f"{rate:.1f}/min", eta]
+                else:
+                    parts.append("all done" if done >= total else "ETA -")
             bar.value = done
             bar.description = ", ".join(parts)
             bar.bar_style = ("danger" if failed or blocked else
