@@ -11,6 +11,7 @@ work afterwards), runs it on a LocalCluster and prints a summary.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -70,8 +71,6 @@ class DemoSettings:
     @classmethod
     def from_env(cls) -> DemoSettings:
         """``LSDASK_DEMO_SIZE=small`` gives :meth:`small`, else the full demo."""
-        import os
-
         return cls.small() if os.environ.get("LSDASK_DEMO_SIZE") == "small" else cls()
 
 
@@ -133,8 +132,10 @@ def write_demo_config(directory: str | Path, settings: DemoSettings | None = Non
     return path
 
 
-def simulate_demo(directory: str | Path, settings: DemoSettings | None = None) -> dict:
-    """Simulate the demo survey under ``DIR/survey`` (skipped when already there)."""
+def simulate_demo(directory: str | Path, settings: DemoSettings | None = None,
+                  client=None) -> dict:
+    """Simulate the demo survey under ``DIR/survey`` (skipped when already there), on the
+    workers of the Dask ``client`` if given."""
     from .simulate import SimConfig, simulate_survey
     from .survey.layout import ReleaseLayout
 
@@ -151,7 +152,7 @@ def simulate_demo(directory: str | Path, settings: DemoSettings | None = None) -
                     n_ccds=s.n_ccds, passes=s.passes, pixscale=s.pixscale,
                     **{k: v for k, v in (("star_density", s.star_density),
                                          ("galaxy_density", s.galaxy_density)) if v is not None})
-    out = simulate_survey(survey, cfg)
+    out = simulate_survey(survey, cfg, client=client)
     write_demo_external(layout, s)
     return out
 
@@ -195,23 +196,26 @@ def run_demo(directory: str | Path, client=None, n_workers: int = 2,
     t0 = time.time()
     d = Path(directory).resolve()
     st = settings or DemoSettings()
-    echo(f"lsdask demo: simulating RA {st.ramin:g}-{st.ramax:g}, Dec {st.decmin:g}-"
-         f"{st.decmax:g} under {d / 'survey'} ...")
-    sim = simulate_demo(d, settings)
-    if not sim.get("skipped"):
-        echo(f"  {sim['n_exposures']} exposures, {sim['n_ccds']} CCDs, "
-             f"{sim['n_sources']} true sources ({time.time() - t0:.0f} s)")
-    cfg_path = write_demo_config(d, settings)
-    release = Release.from_config(cfg_path)
     own = None
     if client is None:
         from distributed import Client
 
         from .jobqueue import close_cluster, make_cluster
 
-        own = make_cluster("local", n_workers=n_workers)
+        # workers with the cores each brick's runbrick is given (the legacypipe demo: 2)
+        threads = max(1, st.threads)
+        own = make_cluster("local", n_workers=max(1, n_workers // threads),
+                           threads_per_worker=threads)
         client = Client(own)
     try:
+        echo(f"lsdask demo: simulating RA {st.ramin:g}-{st.ramax:g}, Dec {st.decmin:g}-"
+             f"{st.decmax:g} under {d / 'survey'} ...")
+        sim = simulate_demo(d, settings, client=client)
+        if not sim.get("skipped"):
+            echo(f"  {sim['n_exposures']} exposures, {sim['n_ccds']} CCDs, "
+                 f"{sim['n_sources']} true sources ({time.time() - t0:.0f} s)")
+        cfg_path = write_demo_config(d, settings)
+        release = Release.from_config(cfg_path)
         echo(f"lsdask demo: running the release ({cfg_path}); dashboard {client.dashboard_link}")
         res = release.run(client, progress=progress, echo=echo)
     finally:

@@ -37,7 +37,10 @@ including FITS compression, 4 s for a full 2046 x 4094 DECam CCD). For a fast
 demo, coarser pixels (``pixscale=1.0``) cover 15x more sky per pixel; when the
 FWHM drops below 3 pixels stars are rendered pixel-integrated (5 x 5 sub-pixels)
 and the lite calibs write finely sampled PsfEx models (``psf_samp = 0.2``), so
-zeropoints stay exact. Same seed and config, same bytes.
+zeropoints stay exact. Galaxies follow the stars' convention: profile and PSF are
+convolved on a 3x finer grid, then integrated over each pixel (FWHM < 3 px) or
+sampled at its centre (to 0.1-0.3 % of the fitted flux; ``tests/test_simulate.py``).
+Same seed and config, same bytes, rendered here or on a Dask client's workers.
 """
 
 from __future__ import annotations
@@ -115,23 +118,55 @@ class SimConfig:
         return w, h, s, names
 
 
-def _galaxy_stamp(kind: str, re_pix: float, e1: float, e2: float, half: int, dx: float,
-                  dy: float) -> np.ndarray:
-    """Unit-sum exponential / de Vaucouleurs profile, 3x3 subsampled."""
+def _galaxy_profile(kind: str, re_pix: float, e1: float, e2: float, half: int, dx: float,
+                    dy: float) -> np.ndarray:
+    """Unit-sum exponential / de Vaucouleurs profile centred at (dx, dy), integrated over the
+    cells of a grid 3x finer than the pixels (3 (2 half + 1) cells a side): each cell is
+    averaged over 15 x 15 points within 1 pixel of the stamp's centre (the de Vaucouleurs
+    cusp), 5 x 5 within 5 pixels, and sampled at its centre beyond (converged to 1e-4)."""
     n, b = (1.0, 1.678) if kind == "EXP" else (4.0, 7.669)
     e = math.hypot(e1, e2)
     theta = 0.5 * math.atan2(e2, e1)
-    q = (1 - e) / (1 + e)
-    sub = (np.arange(3) - 1) / 3.0
-    g = np.arange(-half, half + 1, dtype=float)
-    xs = (g[None, :, None, None] + sub[None, None, None, :]) - dx
-    ys = (g[:, None, None, None] + sub[None, None, :, None]) - dy
+    q = math.sqrt((1 - e) / (1 + e))  # sqrt of the axis ratio; re_pix is the circularised radius
     c, s = math.cos(theta), math.sin(theta)
-    u = c * xs + s * ys
-    v = -s * xs + c * ys
-    r = np.sqrt(u * u * q + v * v / q) / max(re_pix, 0.3)
-    img = np.exp(-b * (np.minimum(r, 40.0) ** (1.0 / n) - 1.0)).sum(axis=(2, 3))
+
+    def profile(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        x, y = x - dx, y - dy
+        u, v = c * x + s * y, -s * x + c * y
+        r = np.minimum(np.sqrt((u * q) ** 2 + (v / q) ** 2) / max(re_pix, 0.3), 40.0)
+        return np.exp(-b * ((np.sqrt(np.sqrt(r)) if n == 4.0 else r) - 1.0))
+
+    g = (np.arange(3 * (2 * half + 1)) - 1) / 3.0 - half  # cell centres
+    img = profile(g[None, :], g[:, None])
+    mid = 3 * half + 1
+    for radius, sub in ((min(5, half), 5), (1, 15)):
+        k = 3 * radius
+        off = ((np.arange(sub) + 0.5) / sub - 0.5) / 3.0
+        pts = (g[mid - k:mid + k + 1, None] + off[None, :]).ravel()
+        img[mid - k:mid + k + 1, mid - k:mid + k + 1] = profile(pts[None, :], pts[:, None]
+                                                                ).reshape(2 * k + 1, sub,
+                                                                          2 * k + 1, sub
+                                                                          ).mean(axis=(1, 3))
     return img / img.sum()
+
+
+def _galaxy_stamp(kind: str, re_pix: float, e1: float, e2: float, half: int, dx: float,
+                  dy: float, fwhm: float, beta: float, half_psf: int) -> np.ndarray:
+    """The galaxy convolved with the Moffat PSF on a (2 half + 1)^2 stamp, in the stars'
+    convention (:func:`pixel_oversample`): integrated over each pixel when the PSF is
+    undersampled, sampled at the pixel centres when it is not. The profile's cell integrals
+    and the PSF's samples on the 3x finer grid are convolved there, then summed over each
+    pixel's 3 x 3 cells (the pixel integrated over once) or taken at its centre cell."""
+    from scipy.signal import fftconvolve
+
+    m = 2 * half + 1
+    psf = moffat_stamp(3.0 * fwhm, beta, 3 * half_psf + 1)
+    img = fftconvolve(_galaxy_profile(kind, re_pix, e1, e2, half, dx, dy), psf / psf.sum(),
+                      mode="same")
+    if pixel_oversample(fwhm) > 1:
+        return img.reshape(m, 3, m, 3).sum(axis=(1, 3))
+    centres = img[1::3, 1::3]
+    return centres * (img.sum() / centres.sum())
 
 
 def _truth_catalogue(cfg: SimConfig, rng: np.random.Generator,
@@ -447,12 +482,9 @@ def _render_ccd(e: _Exposure, wcs: TanWCS, cam: Camera, cfg: SimConfig, truth: n
         else:
             re_pix = float(truth["shape_r"][i]) / s
             half = int(min(48, max(half_psf, math.ceil(6 * re_pix + 3 * fw))))
-            gal = _galaxy_stamp(kind, re_pix, float(truth["shape_e1"][i]),
-                                float(truth["shape_e2"][i]), half, xi - ix, yi - iy)
-            from scipy.signal import fftconvolve
-
-            psf = moffat_stamp(fw, e.beta, half_psf, oversample=pixel_oversample(fw))
-            stamp = fftconvolve(gal, psf / psf.sum(), mode="same")
+            stamp = _galaxy_stamp(kind, re_pix, float(truth["shape_e1"][i]),
+                                  float(truth["shape_e2"][i]), half, xi - ix, yi - iy, fw,
+                                  e.beta, half_psf)
         y0, y1, x0, x1 = iy - half, iy + half + 1, ix - half, ix + half + 1
         sy0, sx0 = max(0, -y0), max(0, -x0)
         sy1 = stamp.shape[0] - max(0, y1 - h)
@@ -516,6 +548,21 @@ def _headers(e: _Exposure, cam: Camera, cfg: SimConfig, fname: str) -> dict:
     }
 
 
+def _write_exposures(layout: ReleaseLayout, exps: list[_Exposure], cam: Camera,
+                     cfg: SimConfig, truth: np.ndarray, client=None):
+    """(image file name, CCD truth rows) of each exposure in order, as each is written."""
+    if client is None:
+        for e in exps:
+            yield _write_exposure(layout, e, cam, cfg, truth)
+        return
+    [shared] = client.scatter([truth], broadcast=True)
+    futures = [client.submit(_write_exposure, layout, e, cam, cfg, shared, pure=False,
+                             key=f"simulate-{Path(e.image_filename(cam, cfg)).name}")
+               for e in exps]
+    for f in futures:
+        yield f.result()
+
+
 def _write_exposure(layout: ReleaseLayout, e: _Exposure, cam: Camera, cfg: SimConfig,
                     truth: np.ndarray) -> tuple[str, list[tuple]]:
     import fitsio
@@ -572,9 +619,11 @@ CCDTRUTH_DTYPE = np.dtype([("image_filename", "S120"), ("ccdname", "S5"), ("expn
 
 
 def simulate_survey(survey_dir: str | Path, config: SimConfig | None = None,
-                    progress=None) -> dict:
+                    progress=None, client=None) -> dict:
     """Write a simulated survey under ``survey_dir``; returns a summary dict
-    (``image_filenames``, ``n_exposures``, ``n_ccds``, ``n_sources``, ``truth``)."""
+    (``image_filenames``, ``n_exposures``, ``n_ccds``, ``n_sources``, ``truth``). Exposures
+    are rendered on the workers of a Dask ``client`` when one is given (the same bytes:
+    each exposure has its own random stream)."""
     import fitsio
 
     from .survey.bricks import brick_grid
@@ -594,8 +643,7 @@ def simulate_survey(survey_dir: str | Path, config: SimConfig | None = None,
     _write_tycho2(layout, box, np.random.default_rng([cfg.seed, 4]))
     _write_ps1(layout, truth, box)
     names, rows = [], []
-    for e in exps:
-        fname, r = _write_exposure(layout, e, cam, cfg, truth)
+    for fname, r in _write_exposures(layout, exps, cam, cfg, truth, client):
         names.append(fname)
         rows.extend(r)
         if progress:
