@@ -253,14 +253,18 @@ def test_desitarget_select_targets_elg_agree_with_truth(target_counts):
 
 def test_desitarget_select_targets_elg_agree_with_truth_at_the_release_depth(
         target_counts, noisy_truth_counts):
-    """ELG targets number within 20 % of the mean over noise realisations of the truth at
-    the release's depth (what a flawless pipeline would select), and the noise is what
-    moves them: the noise-free truth gives fewer."""
+    """The release's ELG count is one draw of what a flawless pipeline selects at the
+    release's depth: within 2.5 standard deviations of the truth's counts over noise
+    realisations (~12 targets here; a 0.05 mag bias in g moves it by 14-18), and the
+    noise is what moves them: the noise-free truth gives fewer."""
     got, want = target_counts[:2]
     noisy = np.array([c["ELG"] for c in noisy_truth_counts])
+    spread = float(noisy.std(ddof=1))
     print(f"ELG: release {got['ELG']}, noise-free truth {want['ELG']}, truth at the release's "
-          f"depth {noisy.mean():.1f} (range {noisy.min()}-{noisy.max()}, {len(noisy)} seeds)")
-    assert abs(got["ELG"] - noisy.mean()) <= 0.2 * noisy.mean(), (got, noisy)
+          f"depth {noisy.mean():.1f} +- {spread:.1f} (range {noisy.min()}-{noisy.max()}, "
+          f"{len(noisy)} seeds)")
+    assert 0 < spread < 0.3 * noisy.mean(), noisy
+    assert abs(got["ELG"] - noisy.mean()) <= 2.5 * spread, (got, noisy)
     assert noisy.mean() > 1.3 * want["ELG"], (noisy, want)
     bgs = np.array([c["BGS"] for c in noisy_truth_counts])
     assert abs(got["BGS"] - bgs.mean()) <= 0.2 * bgs.mean(), (got, bgs)
