@@ -555,9 +555,12 @@ def _write_exposures(layout: ReleaseLayout, exps: list[_Exposure], cam: Camera,
         for e in exps:
             yield _write_exposure(layout, e, cam, cfg, truth)
         return
+    import uuid
+
     [shared] = client.scatter([truth], broadcast=True)
+    run = uuid.uuid4().hex[:8]  # keys of this call only (another survey may reuse the names)
     futures = [client.submit(_write_exposure, layout, e, cam, cfg, shared, pure=False,
-                             key=f"simulate-{Path(e.image_filename(cam, cfg)).name}")
+                             key=f"simulate-{run}-{Path(e.image_filename(cam, cfg)).name}")
                for e in exps]
     for f in futures:
         yield f.result()
