@@ -200,12 +200,10 @@ def run_demo(directory: str | Path, client=None, n_workers: int = 2,
     if client is None:
         from distributed import Client
 
-        from .jobqueue import close_cluster, make_cluster
+        from .jobqueue import close_cluster, local_sizes, make_cluster
 
         # workers with the cores each brick's runbrick is given (the legacypipe demo: 2)
-        threads = max(1, st.threads)
-        own = make_cluster("local", n_workers=max(1, n_workers // threads),
-                           threads_per_worker=threads)
+        own = make_cluster("local", **local_sizes("local", st.threads, n_workers))
         client = Client(own)
     try:
         echo(f"lsdask demo: simulating RA {st.ramin:g}-{st.ramax:g}, Dec {st.decmin:g}-"

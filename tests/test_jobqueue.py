@@ -128,6 +128,28 @@ def test_local_cluster_resources_and_adapt():
         cluster.close()
 
 
+@pytest.mark.parametrize("threads,sizes", [(1, [1, 1]), (2, [2])])
+def test_release_local_cluster_gives_runbrick_its_threads(tmp_path, threads, sizes):
+    """A release on the local profile gets workers with the cores its runbrick asks for
+    (the profile's 2 cores in all): the runner would cap a 2-thread brick at 1 on 1-core
+    workers."""
+    from distributed import Client
+
+    from lsdask.jobqueue import max_cores, release_cluster
+    from lsdask.processors.testing import write_config
+    from lsdask.release import Release
+
+    cfg = Release.from_config(write_config(tmp_path, threads=threads)).config
+    cluster = release_cluster(cfg)
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(len(sizes), timeout=60)
+            assert sorted(client.nthreads().values()) == sizes
+            assert max_cores(client) == threads
+    finally:
+        cluster.close()
+
+
 @pytest.mark.slurm
 def test_local_slurm_tls_and_node_tmpdir(slurm, tmp_path, monkeypatch):
     """security=True by default: a client without the certificate is refused, the cluster's

@@ -280,13 +280,24 @@ def make_cluster(profile: str = "local", account: str | None = None,
     return cluster
 
 
+def local_sizes(profile: str, threads: int, n_workers: int | None = None) -> dict[str, int]:
+    """LocalCluster sizes whose workers each have ``threads`` cores (a brick's runbrick
+    threads; the runner gives a task no more than its worker's cores), keeping the total
+    cores of the profile's workers (or of ``n_workers`` of them)."""
+    local = Profile.load(profile).local
+    tpw = int(local.get("threads-per-worker", 1))
+    n = int(n_workers or local.get("n-workers") or 1)
+    t = max(tpw, int(threads))
+    return {"n_workers": max(1, n * tpw // t), "threads_per_worker": t}
+
+
 def release_cluster(cfg, profile: str | None = None, log_directory: Any = None,
                     **cli: Any):
     """The cluster of a release config (``cfg.release.name``, ``cfg.cluster``); ``cli``
     (qos, walltime, account) overrides the config, which overrides the profile."""
     prof = profile or cfg.cluster.profile
     if not Profile.load(prof).is_slurm:
-        return make_cluster(prof)
+        return make_cluster(prof, **local_sizes(prof, cfg.stages.runbrick.threads))
     c = cfg.cluster
     return make_cluster(prof, account=cli.get("account") or c.account,
                         qos=cli.get("qos") or c.qos, walltime=cli.get("walltime") or c.walltime,
