@@ -185,3 +185,15 @@ def test_cli_sweeps(tmp_path, capsys):
     assert main(["sweeps", str(cfg), "--scheduler", "threads"]) == 0
     out = capsys.readouterr().out
     assert '"boxes": 1' in out and layout.sweep("180p030-190p035").is_file()
+
+
+def test_sweep_header_values_keep_their_type():
+    """Brick header values come back from the shares' text as the numbers they were, and
+    text that only looks like a number (a config hash) stays text: ``939e353016698065`` as a
+    float is inf, which FITS cannot write (a random config hash broke a release's sweeps)."""
+    from lsdask.graphs.sweeps import _coerce
+
+    assert _coerce("939e353016698065") == "939e353016698065"
+    assert _coerce("12e45") == "12e45" and _coerce("0123") == "0123"
+    assert _coerce("180.295566502463") == 180.295566502463 and _coerce("9010") == 9010
+    assert _coerce("True") is True and _coerce("DR9") == "DR9"

@@ -58,9 +58,12 @@ def _fits_header(keys: dict):
 
 
 def _coerce(v: str):
+    """A header value back from its text: a number only where the number's own text is
+    that text (a hash such as ``939e353016698065`` stays a string, not inf)."""
     for conv in (int, float):
         with contextlib.suppress(ValueError):
-            return conv(v)
+            if str(conv(v)) == v:
+                return conv(v)
     if v in ("True", "False"):
         return v == "True"
     return v
