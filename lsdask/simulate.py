@@ -58,6 +58,7 @@ from .atomic import atomic_path
 from .processors.lite.psfphot import moffat_stamp, pixel_oversample
 from .survey.camera import Camera, get_camera
 from .survey.layout import ReleaseLayout
+from .survey.ps1cat import PS1_BANDS, PS1_TO_DECAM, ps1_chunk_name
 from .survey.refcat import chunk_name, healpix_ring
 from .survey.wcs import TanWCS, tan_pixel_to_radec
 
@@ -276,14 +277,6 @@ def _write_refcat(layout: ReleaseLayout, truth: np.ndarray, rng: np.random.Gener
     return paths
 
 
-# legacypipe's ps1cat.ps1_to_decam colour terms (polynomials in PS1 g-i), the facts that make
-# simulated PS1 magnitudes calibrate DECam images to the simulation's truth
-PS1_TO_DECAM = {"g": (0.00062, 0.03604, 0.01028, -0.00613),
-                "r": (0.00495, -0.08435, 0.03222, -0.01140),
-                "z": (0.02583, -0.07690, 0.02824, -0.00898)}
-PS1_BANDS = "grizY"
-
-
 def _near_healpixes(box: tuple[float, float, float, float], margin: float = 1.0) -> np.ndarray:
     """HEALPix (nside 32, RING) pixels touching ``box`` widened by ``margin`` deg: a healpixed
     reference catalogue has a file for each of them, as the real ones have everywhere."""
@@ -307,8 +300,8 @@ def _write_ps1(layout: ReleaseLayout, truth: np.ndarray,
     dec_mag = {b: 22.5 - 2.5 * np.log10(ref[f"flux_{b}"]) for b in ("g", "r", "z")}
     gi = np.clip(0.75 * (dec_mag["g"] - dec_mag["z"]), 0.5, 2.5)
     ps1 = np.zeros((len(ref), 5), np.float32)
-    for b, coeffs in PS1_TO_DECAM.items():
-        term = sum(c * gi ** k for k, c in enumerate(coeffs))
+    for b in ("g", "r", "z"):
+        term = sum(c * gi ** k for k, c in enumerate(PS1_TO_DECAM[b]))
         ps1[:, PS1_BANDS.index(b)] = dec_mag[b] - term
     ps1[:, 2] = ps1[:, 0] - gi  # i
     ps1[:, 4] = ps1[:, 3]  # Y (not calibrated against)
@@ -327,7 +320,7 @@ def _write_ps1(layout: ReleaseLayout, truth: np.ndarray,
     layout.ps1_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for c in np.union1d(np.unique(hp), _near_healpixes(box)):
-        p = layout.ps1_dir / f"ps1-{int(c):05d}.fits"
+        p = layout.ps1_dir / ps1_chunk_name(int(c))
         with atomic_path(p) as tmp:
             with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
                 f.write(out[hp == c], extname="PS1")

@@ -35,7 +35,8 @@ def sim_survey(tmp_path_factory, processed: bool = True):
 
 
 def copy_exposure(layout, image_filename: str, dest, modify=None) -> None:
-    """Copy one exposure (ooi/oow/ood) and the reference chunks to ``dest`` (a layout),
+    """Copy one exposure (ooi/oow/ood) and the reference catalogues (Gaia chunks, PS1
+    calibrators) to ``dest`` (a layout),
     applying ``modify[kind](ccdname, data) -> data`` to the pixels."""
     import shutil
 
@@ -44,8 +45,9 @@ def copy_exposure(layout, image_filename: str, dest, modify=None) -> None:
     from lsdask.survey.camera import companion
 
     modify = modify or {}
-    if not dest.gaia_dir.exists():
-        shutil.copytree(layout.gaia_dir, dest.gaia_dir)
+    for src, dst in ((layout.gaia_dir, dest.gaia_dir), (layout.ps1_dir, dest.ps1_dir)):
+        if src.is_dir() and not dst.exists():
+            shutil.copytree(src, dst)
     for kind in ("ooi", "oow", "ood"):
         rel = image_filename if kind == "ooi" else companion(image_filename, kind)
         src, dst = layout.image(rel), dest.image(rel)

@@ -107,11 +107,14 @@ def test_legacyzpts_zeropoints_against_truth_and_lite(releases):
           f"{np.median(d_lite):+.4f}, rms {np.sqrt(np.mean(d_lite ** 2)):.4f}, max |d| "
           f"{np.abs(d_lite).max():.4f} mag")
     assert np.abs(d_truth).max() < 0.02 and abs(np.median(d_truth)) < 0.01
-    # measured: legacyzpts -0.005 (median) from the truth, lite within 0.003 of legacyzpts
-    # (rms 0.006, one CCD of 12 at 0.0103): lite's exposure-wide Moffat beta and per-star sky
-    # pedestal (before: +0.013 median, rms 0.018, max 0.034 from per-CCD beta errors)
+    assert np.abs(d_lite_truth).max() < 0.02 and abs(np.median(d_lite_truth)) < 0.01
+    # measured: legacyzpts -0.0049 (median), lite -0.0042 from the truth (max 0.014, 0.018);
+    # lite - legacyzpts median +0.0018, rms 0.0066, max 0.0092. Both calibrate against the
+    # same PS1 stars (legacypipe's colour terms and magnitude limits, scipy's 2.5-sigma clip);
+    # what is left is their PSF photometry. Against the Gaia chunks' noisy magnitudes with
+    # lite's own limits (16-21) and clip the largest difference was 0.0105.
     assert abs(np.median(d_lite)) < 0.005 and np.sqrt(np.mean(d_lite ** 2)) < 0.008
-    assert np.abs(d_lite).max() < 0.015
+    assert np.abs(d_lite).max() < 0.01
 
 
 def test_lsdask_reads_legacyzpts_psf_models(releases):

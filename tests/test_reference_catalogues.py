@@ -106,3 +106,68 @@ def test_legacypipe_reads_reference_catalogues(survey, tmp_path):
         assert np.max(np.abs(np.array(res[b]) - true)) < 1e-4, b
     print(f"legacypipe read {res['ngaia']} Gaia stars, {len(rows)} PS1 calibrators "
           "(DECam magnitudes exact to 1e-4)", file=sys.stderr)
+
+
+def test_calibrator_magnitudes_as_legacypipe(tmp_path, shared_data):
+    """lsdask's PS1 calibrator cuts and PS1->DECam magnitudes, and its Gaia->DECam ones, are
+    legacypipe's: the same stars and magnitudes from legacypipe's DecamImage methods
+    (``get_photometric_calibrator_cuts``, ``photometric_calibrator_to_observed``) and
+    ``gaiacat.gaia_to_decam``, on a PS1 chunk spanning and exceeding the calibrators' colour
+    range, with stars PS1 did not measure in g, r or i, and on a real Gaia chunk (20 stars
+    without BP)."""
+    from lsdask.survey.ps1cat import ps1_calibrators, ps1_chunk_name
+    from lsdask.survey.refcat import gaia_to_decam, healpix_ring
+
+    rng = np.random.default_rng(5)
+    n = 600
+    ps1 = np.zeros(n, [("obj_id", "i8"), ("ra", "f8"), ("dec", "f8"), ("nmag_ok", "i2", (5,)),
+                       ("median", "f4", (5,)), ("median_err", "f4", (5,))])
+    ps1["obj_id"] = np.arange(n)
+    ps1["ra"] = 180.0 + rng.uniform(-0.05, 0.05, n)
+    ps1["dec"] = 32.0 + rng.uniform(-0.05, 0.05, n)
+    ps1["nmag_ok"] = rng.integers(0, 4, (n, 5))
+    g = rng.uniform(15, 22, n)
+    gi = rng.uniform(-0.5, 3.5, n)  # inside and outside the calibrators' 0.4-2.7
+    ps1["median"] = np.c_[g, g - 0.6 * gi, g - gi, g - 1.2 * gi, g - 1.3 * gi]
+    ps1["median_err"] = 0.01
+    ps1_dir = tmp_path / "ps1"
+    ps1_dir.mkdir()
+    (hp,) = set(healpix_ring(ps1["ra"], ps1["dec"]).tolist())
+    fitsio.write(str(ps1_dir / ps1_chunk_name(hp)), ps1, extname="PS1")
+    gaia_file = shared_data / "legacypipe-test/testcase12/gaia/chunk-04795.fits"
+    script = tmp_path / "cal.py"
+    script.write_text(
+        "import json, sys, fitsio, numpy as np\n"
+        "from astrometry.util.fits import fits_table\n"
+        "from legacypipe.decam import DecamImage\n"
+        "from legacypipe.gaiacat import gaia_to_decam\n"
+        "class Im(DecamImage):\n"
+        "    def __init__(self, band):\n"
+        "        self.band = band\n"
+        "cat, out = fits_table(sys.argv[1]), {}\n"
+        "for b in 'grz':\n"
+        "    keep = Im(b).get_photometric_calibrator_cuts('ps1', cat)\n"
+        "    mag = Im(b).photometric_calibrator_to_observed('ps1', cat)\n"
+        "    out['ps1_' + b] = {int(i): float(m) for i, m in zip(cat.obj_id[keep], mag[keep])}\n"
+        "gaia = fits_table(sys.argv[2])\n"
+        "for b, m in zip('grz', gaia_to_decam(gaia, list('grz'))):\n"
+        "    out['gaia_' + b] = [float(v) for v in m]\n"
+        "print('RESULT', json.dumps(out))\n")
+    log = tmp_path / "cal.log"
+    rc = run_direct(stack_prefix(), [str(ps1_dir / ps1_chunk_name(hp)), str(gaia_file)], {}, log,
+                    script=script)
+    assert rc == 0, log.read_text()[-3000:]
+    res = json.loads(log.read_text().split("RESULT ", 1)[1])
+    gaia = fitsio.read(str(gaia_file))
+    for b in "grz":
+        ours = ps1_calibrators(ps1_dir, 180.0, 32.0, 0.2, b)
+        mine = {int(r["obj_id"]): float(r["mag"]) for r in ours}
+        theirs = {int(k): v for k, v in res["ps1_" + b].items()}
+        assert 50 < len(mine) < n and sorted(mine) == sorted(theirs), b
+        assert max(abs(mine[k] - theirs[k]) for k in mine) < 1e-4, b
+        lp = np.array(res["gaia_" + b])
+        ok = lp < 30  # legacypipe's missing-magnitude value
+        mag = gaia_to_decam(gaia["phot_g_mean_mag"], gaia["phot_bp_mean_mag"],
+                            gaia["phot_rp_mean_mag"], b)
+        # legacypipe sums its 13-term polynomial in float32: 6e-4 mag for the reddest star
+        assert ok.all() and np.max(np.abs(mag - lp)) < 1e-3, b

@@ -122,6 +122,39 @@ def test_corrupt_image(tmp_path_factory, tmp_path):
     assert not dest.zeropoints(f).exists()
 
 
+def test_calibrated_against_ps1_where_it_covers(tmp_path_factory, tmp_path):
+    """As legacyzpts: where the PS1 catalogue covers the exposure its calibrators (with
+    legacypipe's PS1->DECam colour terms) set the zeropoint, and the Gaia chunks' own
+    magnitudes only where it does not. Shifting every Gaia-chunk magnitude by +0.3 leaves
+    ``ccdzpt`` as it was; without the PS1 catalogue it moves by the 0.3."""
+    layout, res, *_ = sim_survey(tmp_path_factory)
+    f = res["image_filenames"][1]
+    base = fitsio.read(str(layout.zeropoints(f)), ext="CCDS")["ccdzpt"]
+    dest = ReleaseLayout(tmp_path / "s")
+    copy_exposure(layout, f, dest)
+    for p in (layout.psfex(f), layout.splinesky(f)):
+        q = dest.survey_dir / p.relative_to(layout.survey_dir)
+        q.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, q)
+    for p in dest.gaia_dir.glob("chunk-*.fits"):
+        with fitsio.FITS(str(p)) as fits:
+            if fits[1].get_nrows() == 0:
+                continue
+            d = fits[1].read()
+        for b in "grz":
+            d[f"mag_{b}"] += 0.3
+        fitsio.write(str(p), d, extname="GAIA", clobber=True)
+    run_zeropoints(dest, f, None)
+    # (the copy is compressed again: its pixels differ by RICE quantisation, 2e-4 mag)
+    np.testing.assert_allclose(fitsio.read(str(dest.zeropoints(f)), ext="CCDS")["ccdzpt"],
+                               base, atol=1e-3)
+    shutil.rmtree(dest.ps1_dir)
+    run_zeropoints(dest, f, type("O", (), {"force": True})())
+    moved = fitsio.read(str(dest.zeropoints(f)), ext="CCDS")["ccdzpt"] - base
+    print("without PS1, ccdzpt moves by", np.round(moved, 4))
+    assert np.all(np.abs(moved - 0.3) < 0.02), moved
+
+
 @pytest.mark.parametrize("case,nfiles", [("testcase3", 8), ("mzlsbass2", 3)])
 def test_real_cases(case, nfiles, shared_data, tmp_path):
     """Real DECam (testcase3) and 90Prime + Mosaic-3 (mzlsbass2, images in e-/s) cutouts with

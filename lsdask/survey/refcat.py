@@ -9,11 +9,12 @@ PS1-like DECam-system magnitudes ``mag_g, mag_r, mag_z`` and errors ``mag_g_err`
 API (stable)::
 
     healpix_ring(ra, dec, nside=32) -> int array
+    healpixes_touching(ra, dec, radius_deg=None, box=None) -> sorted pixel list
     chunk_name(index) -> "chunk-04759.fits"
     read_refstars(gaia_dir, ra, dec, radius_deg=None, box=None, bands=("g","r","z"))
         -> structured array: ra, dec, pmra, pmdec, ref_epoch, gaia_g, mag_<b>, mag_<b>_err,
            source_id, astrometric_excess_noise
-    gaia_to_decam(g, bp, rp, band) -> approximate DECam magnitude (for real Gaia chunks)
+    gaia_to_decam(g, bp, rp, band) -> DECam magnitude (legacypipe's transformation)
 
 Selection is a cone (``ra, dec, radius_deg``) or a box ``(ramin, ramax, decmin,
 decmax)``; every chunk touching the selection is read (found by sampling it).
@@ -30,7 +31,8 @@ from ..errors import InputError
 from .bricks import radec_in_box
 from .wcs import angular_separation
 
-__all__ = ["healpix_ring", "chunk_name", "read_refstars", "gaia_to_decam", "REFSTAR_DTYPE"]
+__all__ = ["healpix_ring", "healpixes_touching", "chunk_name", "read_refstars", "gaia_to_decam",
+           "REFSTAR_DTYPE"]
 
 GAIA_NSIDE = 32
 
@@ -74,16 +76,39 @@ REFSTAR_DTYPE = np.dtype([("ra", "f8"), ("dec", "f8"), ("pmra", "f4"), ("pmdec",
                           ("mag_r_err", "f4"), ("mag_z", "f4"), ("mag_z_err", "f4"),
                           ("source_id", "i8"), ("astrometric_excess_noise", "f4")])
 
-# Rough Gaia -> DECam colour terms (quadratic in BP-RP). NOT validated against PS1 or
-# legacypipe's transformations: zeropoints from real Gaia-only chunks are indicative only.
-_GAIA_DECAM = {"g": (0.07, 0.47, 0.04), "r": (-0.05, -0.05, -0.08), "z": (-0.05, -0.53, 0.02)}
+# legacypipe's gaiacat.gaia_to_decam: DECam - G = sum c_k (BP-RP)^k, BP-RP clipped to
+# -0.6..4.1 and 1.4 where BP or RP is missing (Rongpu Zhou's fits, 2020)
+_GAIA_DECAM = {
+    "g": (-0.1178631039, 0.3650113495, 0.5608615360, -0.2850687702, -1.0243473939,
+          1.4378375491, 0.0679401731, -1.1713172509, 0.9107811975, -0.3374324004,
+          0.0683946390, -0.0073089582, 0.0003230170),
+    "r": (0.1139078673, -0.2868955307, 0.0013196434, 0.1029151074, 0.1196710702,
+          -0.3729031390, 0.1859874242, 0.1370162451, -0.1808580848, 0.0803219195,
+          -0.0180218196, 0.0020584707, -0.0000953486),
+    "z": (0.4811198057, -0.9990015041, 0.1403990019, 0.2150988888, -0.2917655866,
+          0.1326831887, -0.0259205004, 0.0018548776),
+}
+_GAIA_COLOR_RANGE, _GAIA_AVERAGE_COLOR = (-0.6, 4.1), 1.4
 
 
 def gaia_to_decam(g, bp, rp, band: str) -> np.ndarray:
-    """Approximate DECam ``band`` magnitude of stars from Gaia G, BP, RP."""
-    c = np.asarray(bp, dtype=float) - np.asarray(rp, dtype=float)
-    a0, a1, a2 = _GAIA_DECAM[band]
-    return np.asarray(g, dtype=float) + a0 + a1 * c + a2 * c * c
+    """DECam ``band`` magnitude of stars from Gaia G, BP, RP (legacypipe's transformation;
+    NaN where G is missing)."""
+    g = np.asarray(g, dtype=float)
+    bp, rp = np.asarray(bp, dtype=float), np.asarray(rp, dtype=float)
+    c = bp - rp
+    bad = ~np.isfinite(c) | (bp == 0) | (rp == 0)
+    c = np.clip(np.where(bad, _GAIA_AVERAGE_COLOR, c), *_GAIA_COLOR_RANGE)
+    mag = g + sum(a * c ** k for k, a in enumerate(_GAIA_DECAM[band]))
+    return np.where(np.isfinite(g) & (g != 0), mag, np.nan)
+
+
+def healpixes_touching(ra: float | None = None, dec: float | None = None,
+                       radius_deg: float | None = None,
+                       box: tuple[float, float, float, float] | None = None) -> list[int]:
+    """HEALPix (nside 32, RING) pixels touching a cone or a box (found by sampling it)."""
+    sr, sd = _sample_points(ra, dec, radius_deg, box)
+    return sorted(set(healpix_ring(sr, sd).tolist()))
 
 
 def _sample_points(ra, dec, radius_deg, box):
@@ -110,18 +135,16 @@ def read_refstars(gaia_dir: str | os.PathLike, ra: float | None = None, dec: flo
                   box: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """Reference stars in a cone or box, as :data:`REFSTAR_DTYPE` rows.
 
-    Real Gaia chunks give approximate DECam magnitudes through :func:`gaia_to_decam`
+    Real Gaia chunks give DECam magnitudes through :func:`gaia_to_decam`
     (errors from the flux-over-error columns plus 0.02 mag); NaN where unknown.
     """
     gaia_dir = Path(gaia_dir)
     if box is None and (ra is None or dec is None or radius_deg is None):
         raise ValueError("read_refstars needs ra, dec, radius_deg or box")
-    sr, sd = _sample_points(ra, dec, radius_deg, box)
-    chunks = sorted(set(healpix_ring(sr, sd).tolist()))
     parts = []
     import fitsio
 
-    for c in chunks:
+    for c in healpixes_touching(ra, dec, radius_deg, box):
         p = gaia_dir / chunk_name(c)
         if not p.exists():
             continue

@@ -1,11 +1,17 @@
 """Lite zeropoints: PSF photometry of reference stars, one survey-ccds row per CCD.
 
-Per CCD: reference stars (``layout.gaia_dir`` chunks) inside the CCD, sky from the
-CCD's sky model, PSF photometry with the CCD's PSF model (forced flux at the
-reference position, then flux + position), and
+Reference stars are legacyzpts': Gaia (``layout.gaia_dir``) for astrometry and, where
+the PS1 catalogue (``layout.ps1_dir``) covers the exposure, PS1 stars with legacypipe's
+PS1->DECam colour terms for photometry (:func:`photometric_refs`); elsewhere the Gaia
+chunks' own magnitudes (legacypipe's Gaia->DECam transformation).
 
-- ``ccdzpt`` = 2.5-sigma clipped median of ``ref_mag - inst_mag`` over stars with
-  ``mag_lo <= ref_mag <= mag_hi`` and S/N > 10, ``inst_mag = -2.5 log10(counts/s)``
+Per CCD: the reference stars inside the CCD, sky from the CCD's sky model, PSF
+photometry with the CCD's PSF model (forced flux at the reference position, then flux +
+position), and
+
+- ``ccdzpt`` = median of ``ref_mag - inst_mag`` over stars with S/N > 10 and
+  legacyzpts' magnitude limits (:data:`PHOTOCAL_MAG_LIMITS`), after its iterative
+  2.5-sigma clip (``scipy.stats.sigmaclip``), ``inst_mag = -2.5 log10(counts/s)``
   (so ``flux_nmgy = counts/s * 10**(-0.4 (ccdzpt - 22.5))``; counts/s is the image
   divided by ``exptime`` for DECam, the image itself for Mosaic-3 and 90Prime, whose CP
   images are in e-/s, as legacypipe reads them);
@@ -46,6 +52,7 @@ from ...errors import InputError
 from ...phases import phase
 from ...survey.camera import band_of_filter, get_camera
 from ...survey.ccds import CCD_CUTS, SURVEY_CCDS_DTYPE
+from ...survey.ps1cat import ps1_calibrators
 from ...survey.psfex import PsfExModel, read_psfex, read_psfex_all
 from ...survey.refcat import read_refstars
 from ...survey.splinesky import SplineSky, read_splinesky, read_splinesky_all
@@ -61,7 +68,10 @@ PHOTOM_DTYPE = np.dtype([("ccdname", "U5"), ("ra", "f8"), ("dec", "f8"), ("ref_m
                          ("used_photom", "?"), ("used_astrom", "?")])
 ERRORS_DTYPE = np.dtype([("ccdname", "U5"), ("message", "U200")])
 
-DEFAULTS = dict(mag_lo=16.0, mag_hi=21.0, min_nphotom=5, min_exptime=30.0, max_phrms=0.2,
+#: legacypipe's ``get_photocal_mag_limits``: reference magnitudes used for the zeropoint.
+PHOTOCAL_MAG_LIMITS = dict(u=(16.0, 20.0), g=(16.0, 20.0), r=(16.0, 19.5), i=(16.0, 19.5),
+                           z=(16.5, 19.0), Y=(16.5, 19.0))
+DEFAULTS = dict(mag_lo=None, mag_hi=None, min_nphotom=5, min_exptime=30.0, max_phrms=0.2,
                 max_radecrms=0.4, max_seeing=3.0, zpt_lo=0.5, zpt_hi=0.25)
 
 
@@ -189,11 +199,12 @@ def _measure_ccd(ccd: CcdData, psf: PsfExModel, sky: SplineSky, refs: np.ndarray
         mag = refs[f"mag_{band}"] if f"mag_{band}" in refs.dtype.names else np.full(len(refs),
                                                                                     np.nan)
         half = int(np.clip(math.ceil(2.5 * fwhm), 5, 20))  # wide: flux less model-dependent
+        lim = PHOTOCAL_MAG_LIMITS.get(band, (16.0, 20.0))
+        mag_lo = lim[0] if _opt(options, "mag_lo") is None else _opt(options, "mag_lo")
+        mag_hi = lim[1] if _opt(options, "mag_hi") is None else _opt(options, "mag_hi")
         sat = ccd.saturated
         ivar = ccd.ivar * ccd.good
         for i in np.flatnonzero((x > half) & (x < w - 1 - half) & (y > half) & (y < h - 1 - half)):
-            if not np.isfinite(mag[i]):
-                continue
             ix, iy = int(round(x[i])), int(round(y[i]))
             if sat[iy - 2:iy + 3, ix - 2:ix + 3].any():
                 continue
@@ -212,13 +223,12 @@ def _measure_ccd(ccd: CcdData, psf: PsfExModel, sky: SplineSky, refs: np.ndarray
             r["flux"], r["flux_ivar"], r["forced_flux"] = ph.flux, ph.flux_ivar, ph.forced_flux
             snr = ph.flux * math.sqrt(ph.flux_ivar) if ph.flux_ivar > 0 else 0.0
             if ph.ok and ph.flux > 0:
-                r["dmag"] = mag[i] + 2.5 * math.log10(ph.flux / per_second)
+                r["dmag"] = mag[i] + 2.5 * math.log10(ph.flux / per_second)  # NaN: astrometry only
                 fra, fdec = (np.atleast_1d(v) for v in ccd.pix2sky(ph.x, ph.y))
                 r["dra"] = float((refs["ra"][i] - fra[0] + 180) % 360 - 180) * math.cos(
                     math.radians(refs["dec"][i])) * 3600
                 r["ddec"] = float(refs["dec"][i] - fdec[0]) * 3600
-                r["used_photom"] = (snr > 10 and _opt(options, "mag_lo") <= mag[i]
-                                    <= _opt(options, "mag_hi"))
+                r["used_photom"] = bool(snr > 10 and mag_lo <= mag[i] <= mag_hi)
                 r["used_astrom"] = snr > 10
             else:
                 r["dmag"] = r["dra"] = r["ddec"] = np.nan
@@ -226,7 +236,12 @@ def _measure_ccd(ccd: CcdData, psf: PsfExModel, sky: SplineSky, refs: np.ndarray
     phot = np.array(rows, dtype=PHOTOM_DTYPE)
     nphot = int(phot["used_photom"].sum()) if len(phot) else 0
     if nphot:
-        zp, zrms, keep = _clipped(phot["dmag"][phot["used_photom"]].astype(float), 2.5)
+        from scipy.stats import sigmaclip
+
+        dmag = phot["dmag"][phot["used_photom"]].astype(float)
+        clipped, lo, hi = sigmaclip(dmag, 2.5, 2.5)
+        zp, zrms, keep = float(np.median(clipped)), float(np.std(clipped)), (dmag >= lo) & (
+            dmag <= hi)
         idx = np.flatnonzero(phot["used_photom"])
         phot["used_photom"][idx[~keep]] = False
         nphot = int(keep.sum())
@@ -242,6 +257,45 @@ def _measure_ccd(ccd: CcdData, psf: PsfExModel, sky: SplineSky, refs: np.ndarray
     out.update(ccdzpt=zp, ccdphrms=zrms, ccdnphotom=nphot, ccdnastrom=nast, ccdraoff=raoff,
                ccddecoff=decoff, ccdrarms=rarms, ccddecrms=decrms, sig1_counts=sig1_counts)
     return out, phot
+
+
+def photometric_refs(layout, refs: np.ndarray, ra: float, dec: float, radius: float,
+                     band: str, match_arcsec: float = 1.0) -> tuple[np.ndarray, str]:
+    """Reference stars with the magnitudes that calibrate ``band``, and the calibrator's name.
+
+    Where ``layout.ps1_dir`` covers the cone, as legacyzpts: PS1 stars passing its cuts
+    with their DECam magnitudes (:func:`lsdask.survey.ps1cat.ps1_calibrators`), at the
+    Gaia position of the nearest Gaia star within ``match_arcsec``; other Gaia stars are
+    kept for astrometry (magnitude NaN). Elsewhere the Gaia chunks' own magnitudes.
+    """
+    if f"mag_{band}" not in refs.dtype.names:
+        return refs, "no"
+    cal = ps1_calibrators(layout.ps1_dir, ra, dec, radius, band) if layout.ps1_dir.is_dir() \
+        else ()
+    if not len(cal):
+        return refs, "gaia"
+    out = refs.copy()
+    out[f"mag_{band}"] = out[f"mag_{band}_err"] = np.nan
+    matched = np.zeros(len(cal), bool)
+    if len(refs):
+        from scipy.spatial import cKDTree
+
+        def xyz(r, d):
+            r, d = np.radians(r), np.radians(d)
+            return np.c_[np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)]
+
+        dist, j = cKDTree(xyz(refs["ra"], refs["dec"])).query(
+            xyz(cal["ra"], cal["dec"]), distance_upper_bound=np.radians(match_arcsec / 3600))
+        matched = np.isfinite(dist)
+        out[f"mag_{band}"][j[matched]] = cal["mag"][matched]
+        out[f"mag_{band}_err"][j[matched]] = cal["mag_err"][matched]
+    extra = np.zeros(int((~matched).sum()), refs.dtype)
+    for k in ("g", "r", "z"):
+        extra[f"mag_{k}"] = extra[f"mag_{k}_err"] = np.nan
+    extra["ra"], extra["dec"] = cal["ra"][~matched], cal["dec"][~matched]
+    extra[f"mag_{band}"], extra[f"mag_{band}_err"] = cal["mag"][~matched], cal["mag_err"][~matched]
+    extra["ref_epoch"] = 2015.5
+    return np.concatenate([out, extra]), "PS1"
 
 
 def _nmgy(counts_per_s: float, zpt: float) -> float:
@@ -288,7 +342,10 @@ def run_zeropoints(layout, image_filename: str, options=None) -> dict[str, Any]:
         from ...survey.wcs import angular_separation
 
         radius = float(np.max(angular_separation(rc, dc, np.array(ras), np.array(decs)))) + 0.01
-        refs = read_refstars(layout.gaia_dir, rc, dc, radius)
+        refs, calibrator = photometric_refs(layout, read_refstars(layout.gaia_dir, rc, dc, radius),
+                                            rc, dc, radius, band)
+        log.info("%s: %d reference stars, %s photometric calibrators", image_filename,
+                 len(refs), calibrator)
         for ccd in ccds:
             row = np.zeros(1, dtype=SURVEY_CCDS_DTYPE)[0]
             h, w = ccd.img.shape
