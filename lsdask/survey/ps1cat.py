@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from .refcat import healpixes_touching
+from .refcat import healpixes_touching, read_chunk
 from .wcs import angular_separation
 
 __all__ = ["PS1_BANDS", "PS1_TO_DECAM", "ps1_chunk_name", "read_ps1", "ps1_to_decam",
@@ -52,21 +51,11 @@ def ps1_chunk_name(index: int) -> str:
 def read_ps1(ps1_dir: str | os.PathLike, ra: float, dec: float, radius_deg: float) -> np.ndarray:
     """PS1 rows within ``radius_deg`` of (ra, dec) (column names lower-case); empty when no
     chunk covers the cone. A chunk that cannot be read raises InputError naming it."""
-    import fitsio
-
     parts = []
     for c in healpixes_touching(ra, dec, radius_deg):
-        p = Path(ps1_dir) / ps1_chunk_name(c)
-        if not p.exists():
+        d = read_chunk(Path(ps1_dir) / ps1_chunk_name(c), "PS1 chunk")
+        if d is None:
             continue
-        try:
-            with fitsio.FITS(str(p)) as f:
-                if len(f) < 2 or f[1].get_nrows() == 0:
-                    continue
-                d = f[1].read()
-        except (OSError, ValueError) as e:
-            raise InputError(f"{p}: cannot read PS1 chunk: {e}") from None
-        d.dtype.names = tuple(n.lower() for n in d.dtype.names)
         parts.append(d[angular_separation(ra, dec, d["ra"], d["dec"]) <= radius_deg])
     return np.concatenate(parts) if parts else np.zeros(0, [("ra", "f8"), ("dec", "f8")])
 

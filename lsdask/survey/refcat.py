@@ -10,6 +10,7 @@ API (stable)::
 
     healpix_ring(ra, dec, nside=32) -> int array
     healpixes_touching(ra, dec, radius_deg=None, box=None) -> sorted pixel list
+    read_chunk(path, what) -> rows of one healpixed file, or None (absent or empty)
     chunk_name(index) -> "chunk-04759.fits"
     read_refstars(gaia_dir, ra, dec, radius_deg=None, box=None, bands=("g","r","z"))
         -> structured array: ra, dec, pmra, pmdec, ref_epoch, gaia_g, mag_<b>, mag_<b>_err,
@@ -31,8 +32,8 @@ from ..errors import InputError
 from .bricks import radec_in_box
 from .wcs import angular_separation
 
-__all__ = ["healpix_ring", "healpixes_touching", "chunk_name", "read_refstars", "gaia_to_decam",
-           "REFSTAR_DTYPE"]
+__all__ = ["healpix_ring", "healpixes_touching", "read_chunk", "chunk_name", "read_refstars",
+           "gaia_to_decam", "REFSTAR_DTYPE"]
 
 GAIA_NSIDE = 32
 
@@ -103,6 +104,27 @@ def gaia_to_decam(g, bp, rp, band: str) -> np.ndarray:
     return np.where(np.isfinite(g) & (g != 0), mag, np.nan)
 
 
+def read_chunk(path: Path, what: str) -> np.ndarray | None:
+    """The rows of one healpixed catalogue file (column names lower-case); None when the
+    file is absent or its table empty. A file that cannot be read or has no table raises
+    InputError naming it."""
+    import fitsio
+
+    if not path.exists():
+        return None
+    try:
+        with fitsio.FITS(str(path)) as f:
+            if len(f) < 2:
+                raise ValueError("no table HDU (truncated?)")
+            if f[1].get_nrows() == 0:
+                return None
+            d = f[1].read()
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read {what}: {e}") from None
+    d.dtype.names = tuple(n.lower() for n in d.dtype.names)
+    return d
+
+
 def healpixes_touching(ra: float | None = None, dec: float | None = None,
                        radius_deg: float | None = None,
                        box: tuple[float, float, float, float] | None = None) -> list[int]:
@@ -142,20 +164,10 @@ def read_refstars(gaia_dir: str | os.PathLike, ra: float | None = None, dec: flo
     if box is None and (ra is None or dec is None or radius_deg is None):
         raise ValueError("read_refstars needs ra, dec, radius_deg or box")
     parts = []
-    import fitsio
-
     for c in healpixes_touching(ra, dec, radius_deg, box):
-        p = gaia_dir / chunk_name(c)
-        if not p.exists():
+        d = read_chunk(gaia_dir / chunk_name(c), "reference chunk")
+        if d is None:
             continue
-        try:
-            with fitsio.FITS(str(p)) as f:
-                if len(f) < 2 or f[1].get_nrows() == 0:
-                    continue
-                d = f[1].read()
-        except (OSError, ValueError) as e:
-            raise InputError(f"{p}: cannot read reference chunk: {e}") from None
-        d.dtype.names = tuple(n.lower() for n in d.dtype.names)
         if box is not None:
             keep = radec_in_box(d["ra"], d["dec"], *box)
         else:
