@@ -113,7 +113,8 @@ def truth_sweep(rel: Release, out: Path) -> int:
     sources in the primary area of the release's bricks, true fluxes and types, ``nobs`` and
     ``maskbits`` from the release's own coadd maps at the source, DR9 fibre fluxes (1.5"
     fibre, 1" seeing), and the Gaia G of reference stars that runbrick treats as Gaia point
-    sources (G <= 18). Returns the number of rows."""
+    sources (G < 18: the simulated stars have no excess noise, proper motion or parallax).
+    Returns the number of rows."""
     from lsdask.processors.lite.photometry import fiber_fraction
 
     layout = rel.layout
@@ -148,7 +149,7 @@ def truth_sweep(rel: Release, out: Path) -> int:
             rows[f"fiberflux_{band}"] = rows[f"fibertotflux_{band}"] = t[f"flux_{band}"] * ff
             rows[f"fracin_{band}"] = 1.0
         g = np.array([gaia_g.get(4_000_000_000_000_000_000 + int(i), 99.0) for i in t["objid"]])
-        point = g <= 18.0
+        point = g < 18.0
         rows["gaia_phot_g_mean_mag"] = np.where(point, g, 0)
         rows["ref_cat"] = np.where(point, b"G2", b"")
         parts.append(rows)

@@ -109,14 +109,16 @@ def test_legacypipe_reads_reference_catalogues(survey, tmp_path):
 
 
 def test_calibrator_magnitudes_as_legacypipe(tmp_path, shared_data):
-    """lsdask's PS1 calibrator cuts and PS1->DECam magnitudes, and its Gaia->DECam ones, are
-    legacypipe's: the same stars and magnitudes from legacypipe's DecamImage methods
-    (``get_photometric_calibrator_cuts``, ``photometric_calibrator_to_observed``) and
-    ``gaiacat.gaia_to_decam``, on a PS1 chunk spanning and exceeding the calibrators' colour
-    range, with stars PS1 did not measure in g, r or i, and on a real Gaia chunk (20 stars
-    without BP)."""
+    """lsdask's PS1 calibrator cuts and PS1->DECam magnitudes, its Gaia->DECam ones and its
+    forced Gaia point sources are legacypipe's: the same stars and magnitudes from
+    legacypipe's DecamImage methods (``get_photometric_calibrator_cuts``,
+    ``photometric_calibrator_to_observed``), ``gaiacat.gaia_to_decam`` and
+    ``reference.fix_gaia``, on a PS1 chunk spanning and exceeding the calibrators' colour
+    range, with stars PS1 did not measure in g, r or i, and on real Gaia chunks (20 stars
+    without BP; 884 stars, some forced by their proper motion or parallax alone)."""
+    from lsdask.processors.lite.refstars import gaia_pointsource
     from lsdask.survey.ps1cat import ps1_calibrators, ps1_chunk_name
-    from lsdask.survey.refcat import gaia_to_decam, healpix_ring
+    from lsdask.survey.refcat import gaia_to_decam, healpix_ring, read_refstars
 
     rng = np.random.default_rng(5)
     n = 600
@@ -152,10 +154,16 @@ def test_calibrator_magnitudes_as_legacypipe(tmp_path, shared_data):
         "gaia = fits_table(sys.argv[2])\n"
         "for b, m in zip('grz', gaia_to_decam(gaia, list('grz'))):\n"
         "    out['gaia_' + b] = [float(v) for v in m]\n"
+        "from legacypipe.reference import fix_gaia\n"
+        "gaia = fits_table(sys.argv[3])\n"
+        "fix_gaia(gaia, list('grz'))\n"
+        "out['pointsource'] = sorted(int(i) for i in gaia.source_id[gaia.pointsource])\n"
+        "out['ngaia'] = len(gaia)\n"
         "print('RESULT', json.dumps(out))\n")
     log = tmp_path / "cal.log"
-    rc = run_direct(stack_prefix(), [str(ps1_dir / ps1_chunk_name(hp)), str(gaia_file)], {}, log,
-                    script=script)
+    gaia8 = shared_data / "legacypipe-test/testcase8/gaia/chunk-05483.fits"
+    rc = run_direct(stack_prefix(), [str(ps1_dir / ps1_chunk_name(hp)), str(gaia_file),
+                                     str(gaia8)], {}, log, script=script)
     assert rc == 0, log.read_text()[-3000:]
     res = json.loads(log.read_text().split("RESULT ", 1)[1])
     gaia = fitsio.read(str(gaia_file))
@@ -171,3 +179,14 @@ def test_calibrator_magnitudes_as_legacypipe(tmp_path, shared_data):
                             gaia["phot_rp_mean_mag"], b)
         # legacypipe sums its 13-term polynomial in float32: 6e-4 mag for the reddest star
         assert ok.all() and np.max(np.abs(mag - lp)) < 1e-3, b
+    g8 = fitsio.read(str(gaia8), columns=["source_id", "ra", "dec"])
+    refs = read_refstars(gaia8.parent, float(np.median(g8["ra"])), float(np.median(g8["dec"])),
+                         2.0)
+    refs = refs[np.isin(refs["source_id"], g8["source_id"])]
+    assert len(refs) == res["ngaia"] == 884
+    ours = sorted(int(i) for i in refs["source_id"][gaia_pointsource(refs)])
+    g = refs["gaia_g"]
+    old_rule = ((g <= 18) & (refs["astrometric_excess_noise"] < 10 ** 0.5)) | (g <= 13)
+    print(f"{len(ours)} forced point sources of 884 (DR9's G/AEN rule alone: "
+          f"{int(old_rule.sum())})", file=sys.stderr)
+    assert ours == res["pointsource"] and len(ours) > old_rule.sum()

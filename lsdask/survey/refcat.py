@@ -13,8 +13,8 @@ API (stable)::
     read_chunk(path, what) -> rows of one healpixed file, or None (absent or empty)
     chunk_name(index) -> "chunk-04759.fits"
     read_refstars(gaia_dir, ra, dec, radius_deg=None, box=None, bands=("g","r","z"))
-        -> structured array: ra, dec, pmra, pmdec, ref_epoch, gaia_g, mag_<b>, mag_<b>_err,
-           source_id, astrometric_excess_noise
+        -> structured array: ra, dec, pmra, pmdec (and errors), parallax (and error),
+           ref_epoch, gaia_g, mag_<b>, mag_<b>_err, source_id, astrometric_excess_noise
     gaia_to_decam(g, bp, rp, band) -> DECam magnitude (legacypipe's transformation)
 
 Selection is a cone (``ra, dec, radius_deg``) or a box ``(ramin, ramax, decmin,
@@ -72,7 +72,8 @@ def chunk_name(index: int) -> str:
 
 
 REFSTAR_DTYPE = np.dtype([("ra", "f8"), ("dec", "f8"), ("pmra", "f4"), ("pmdec", "f4"),
-                          ("ref_epoch", "f4"), ("gaia_g", "f4"),
+                          ("pmra_error", "f4"), ("pmdec_error", "f4"), ("parallax", "f4"),
+                          ("parallax_error", "f4"), ("ref_epoch", "f4"), ("gaia_g", "f4"),
                           ("mag_g", "f4"), ("mag_g_err", "f4"), ("mag_r", "f4"),
                           ("mag_r_err", "f4"), ("mag_z", "f4"), ("mag_z_err", "f4"),
                           ("source_id", "i8"), ("astrometric_excess_noise", "f4")])
@@ -175,10 +176,12 @@ def read_refstars(gaia_dir: str | os.PathLike, ra: float | None = None, dec: flo
         d = d[keep]
         out = np.zeros(len(d), dtype=REFSTAR_DTYPE)
         names = set(d.dtype.names)
-        for k in ("ra", "dec", "pmra", "pmdec", "ref_epoch", "source_id",
-                  "astrometric_excess_noise"):
+        for k in ("ra", "dec", "pmra", "pmdec", "pmra_error", "pmdec_error", "parallax",
+                  "parallax_error", "ref_epoch", "source_id"):
             if k in names:
                 out[k] = np.nan_to_num(d[k])
+        out["astrometric_excess_noise"] = d["astrometric_excess_noise"] \
+            if "astrometric_excess_noise" in names else np.nan
         if "ref_epoch" not in names:
             out["ref_epoch"] = 2015.5
         out["gaia_g"] = d["phot_g_mean_mag"] if "phot_g_mean_mag" in names else np.nan

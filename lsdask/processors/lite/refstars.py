@@ -3,8 +3,9 @@
 Every Gaia star on the brick grid gets legacypipe's masking radius
 ``1630" * 1.396**(-mask_mag)`` with ``mask_mag = min(G, z + 1)``; ``isbright`` (mask_mag
 < 13) and ``ismedium`` (< 16) set the BRIGHT and MEDIUM maskbits within that radius.
-Gaia point sources (G <= 18 with astrometric excess noise < sqrt(10) mas, or G <= 13)
-become catalogue sources at their catalogue positions (``ref_cat = 'G2'``), typed PSF;
+Gaia point sources (:func:`gaia_pointsource`: G < 13; G < 18 with astrometric excess
+noise < 1 mas; proper motion or parallax at S/N > 5, as the vendored legacypipe) become
+catalogue sources at their catalogue positions (``ref_cat = 'G2'``), typed PSF;
 detections that are not separated from them by a saddle, or that lie on the saturated
 core of a MEDIUM/BRIGHT star, are dropped (:func:`.detect.find_peaks`).
 """
@@ -31,6 +32,19 @@ def mask_radius_for_mag(mag: np.ndarray) -> np.ndarray:
     return 1630.0 * 1.396 ** (-np.asarray(mag, dtype=float))
 
 
+def gaia_pointsource(refs: np.ndarray) -> np.ndarray:
+    """legacypipe's (``read_gaia``) forced point sources: G < 13, or G < 18 with astrometric
+    excess noise < 1 mas, or a proper motion or parallax measured at S/N > 5."""
+    g = np.where(np.isfinite(refs["gaia_g"]) & (refs["gaia_g"] != 0), refs["gaia_g"], 99.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pm_snr = np.nan_to_num(np.hypot(refs["pmra"] / refs["pmra_error"],
+                                        refs["pmdec"] / refs["pmdec_error"]), posinf=0.0)
+        plx_snr = np.nan_to_num(refs["parallax"] / refs["parallax_error"], posinf=0.0,
+                                neginf=0.0)
+    aen = np.nan_to_num(refs["astrometric_excess_noise"], nan=np.inf)
+    return (g < 13.0) | ((g < 18.0) & (aen < 1.0)) | (pm_snr > 5.0) | (plx_snr > 5.0)
+
+
 def brick_refs(layout: ReleaseLayout, wcs, pad_pix: float = 0.5) -> np.ndarray:
     """Gaia stars on the brick grid ``wcs`` (0-based pixel ``x, y``), as :data:`REF_DTYPE`;
     empty without reference chunks."""
@@ -55,8 +69,7 @@ def brick_refs(layout: ReleaseLayout, wcs, pad_pix: float = 0.5) -> np.ndarray:
     out["radius"] = np.where(mask_mag < 99, mask_radius_for_mag(mask_mag), 0.0)
     out["isbright"] = mask_mag < 13.0
     out["ismedium"] = mask_mag < 16.0
-    aen = np.nan_to_num(refs["astrometric_excess_noise"])
-    out["pointsource"] = ((g <= 18.0) & (aen < 10 ** 0.5)) | (g <= 13.0)
+    out["pointsource"] = gaia_pointsource(refs)
     on = (x > -pad_pix) & (x < W - 1 + pad_pix) & (y > -pad_pix) & (y < H - 1 + pad_pix)
     # masks reach onto the grid from stars off it
     near = (x > -out["radius"] / wcs.pixscale) & (x < W + out["radius"] / wcs.pixscale) & \
