@@ -546,9 +546,10 @@ def _profile_q2(family: str, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ellip_model_ccd(p: EllipCcd, sel: np.ndarray, family: str, lnre: np.ndarray,
-                    e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+                    e1: np.ndarray, e2: np.ndarray, nd: int = 3) -> np.ndarray:
     """Unit-flux elliptical models of the prepared sources ``sel`` (indices into ``p.idx``)
-    on their cutouts, and their derivatives wrt (ln r_e, e1, e2): (n, 4, m, m).
+    on their cutouts, and their derivatives wrt the first ``nd`` of (ln r_e, e1, e2):
+    (n, 1 + nd, m, m).
 
     The transform of an elliptical profile is the round one at Q = r_e^2 (|f|^2 (1 + e^2)
     + 2 (e1 (f_N^2 - f_E^2) + e2 2 f_N f_E)) / (1 - e^2) (f in cycles per arcsec; e1, e2
@@ -565,14 +566,17 @@ def ellip_model_ccd(p: EllipCcd, sel: np.ndarray, family: str, lnre: np.ndarray,
     Q = re2 * Nn / s
     G, dG = _profile_q2(family, Q)
     HdG = p.Hs[sel] * (dG * (re2 / s))
-    vals = np.empty((n, 4, Q.shape[1]), np.complex64)
+    vals = np.empty((n, 1 + nd, Q.shape[1]), np.complex64)
     vals[:, 0] = p.Hs[sel] * G
-    vals[:, 1] = HdG * (2 * s / re2 * Q)
-    vals[:, 2] = HdG * (2 * a1 * p.k2 + 2 * p.Kc + 2 * a1 * Nn / s)
-    vals[:, 3] = HdG * (2 * a2 * p.k2 + 2 * p.Ks + 2 * a2 * Nn / s)
-    folded = np.zeros((n, 4, N * nh), np.complex128)
+    if nd >= 1:
+        vals[:, 1] = HdG * (2 * s / re2 * Q)
+    if nd >= 2:
+        vals[:, 2] = HdG * (2 * a1 * p.k2 + 2 * p.Kc + 2 * a1 * Nn / s)
+    if nd >= 3:
+        vals[:, 3] = HdG * (2 * a2 * p.k2 + 2 * p.Ks + 2 * a2 * Nn / s)
+    folded = np.zeros((n, 1 + nd, N * nh), np.complex128)
     folded[:, :, p.target] = np.add.reduceat(vals, p.starts, axis=2)
-    img = np.fft.irfft2(folded.reshape(n, 4, N, nh), s=(N, N))
+    img = np.fft.irfft2(folded.reshape(n, 1 + nd, N, nh), s=(N, N))
     return img[:, :, p.gi][:, :, :, p.gi]
 
 
@@ -590,9 +594,10 @@ class EllipFit:
 
 
 def _ellip_sums(preps: list[EllipCcd], bands, n: int, family: str, lnre, e1, e2,
-                active: np.ndarray):
+                active: np.ndarray, nd: int = 3):
     """Per-band sums over CCDs of the ``active`` sources' models: A, B (n,), C = sum w dP d,
-    D = sum w dP P (n, 3) and E = sum w dP dP^T (n, 3, 3) (zero for the others)."""
+    D = sum w dP P (n, 3) and E = sum w dP dP^T (n, 3, 3) (zero for the others, and for
+    the derivatives beyond the first ``nd``)."""
     A = {b: np.zeros(n) for b in bands}
     B = {b: np.zeros(n) for b in bands}
     C = {b: np.zeros((n, 3)) for b in bands}
@@ -605,16 +610,22 @@ def _ellip_sums(preps: list[EllipCcd], bands, n: int, family: str, lnre, e1, e2,
         for s0 in range(0, len(todo), ELLIP_BATCH):
             sel = todo[s0:s0 + ELLIP_BATCH]
             src = p.idx[sel]
-            M = ellip_model_ccd(p, sel, family, lnre[src], e1[src], e2[src])
+            M = ellip_model_ccd(p, sel, family, lnre[src], e1[src], e2[src], nd)
             P, dP = M[:, 0], M[:, 1:]
             civ, wd = p.civ[sel], p.wd[sel]
             wP = P * civ
             np.add.at(A[p.band], src, np.einsum("nij,nij->n", P, wP))
             np.add.at(B[p.band], src, np.einsum("nij,nij->n", P, wd))
-            np.add.at(C[p.band], src, np.einsum("nkij,nij->nk", dP, wd))
-            np.add.at(D[p.band], src, np.einsum("nkij,nij->nk", dP, wP))
-            wdP = dP * civ[:, None]
-            np.add.at(E[p.band], src, np.einsum("nkij,nlij->nkl", dP, wdP))
+            if nd:
+                c = np.zeros((len(sel), 3))
+                d = np.zeros((len(sel), 3))
+                e = np.zeros((len(sel), 3, 3))
+                c[:, :nd] = np.einsum("nkij,nij->nk", dP, wd)
+                d[:, :nd] = np.einsum("nkij,nij->nk", dP, wP)
+                e[:, :nd, :nd] = np.einsum("nkij,nlij->nkl", dP, dP * civ[:, None])
+                np.add.at(C[p.band], src, c)
+                np.add.at(D[p.band], src, d)
+                np.add.at(E[p.band], src, e)
     return A, B, C, D, E
 
 
@@ -643,7 +654,7 @@ def fit_ellipses(preps: list[EllipCcd], bands, n: int, family: str,
     bands = list(bands)
     if family == "psf":
         A, B = _ellip_sums(preps, bands, n, "psf", np.zeros(n), np.zeros(n), np.zeros(n),
-                           np.ones(n, bool))[:2]
+                           np.ones(n, bool), nd=0)[:2]
         flux = {b: np.where(A[b] > 0, B[b] / np.where(A[b] > 0, A[b], 1), 0.0) for b in A}
         return EllipFit(_dchisq(A, B), np.full(n, -np.inf), np.zeros(n), np.zeros(n),
                         np.zeros((n, 3)), flux, {b: np.maximum(A[b], 0) for b in A})
@@ -658,7 +669,8 @@ def fit_ellipses(preps: list[EllipCcd], bands, n: int, family: str,
     prev = np.zeros(n)
     active = np.ones(n, bool)
     for _ in range(ELLIP_ITERS):
-        S = _ellip_sums(preps, bands, n, family, cur[:, 0], cur[:, 1], cur[:, 2], active)
+        S = _ellip_sums(preps, bands, n, family, cur[:, 0], cur[:, 1], cur[:, 2], active,
+                        nd=1 if round_only else 3)
         chi = _dchisq(S[0], S[1])
         better = active & (chi >= bchi)
         best[better] = cur[better]
