@@ -128,13 +128,13 @@ def _galaxy_profile(kind: str, re_pix: float, e1: float, e2: float, half: int, d
     n, b = (1.0, 1.678) if kind == "EXP" else (4.0, 7.669)
     e = math.hypot(e1, e2)
     theta = 0.5 * math.atan2(e2, e1)
-    q = math.sqrt((1 - e) / (1 + e))  # sqrt of the axis ratio; re_pix is the circularised radius
+    ab = (1 - e) / (1 + e)  # axis ratio; re_pix is the major axis's, as the Tractor's EllipseE
     c, s = math.cos(theta), math.sin(theta)
 
     def profile(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         x, y = x - dx, y - dy
         u, v = c * x + s * y, -s * x + c * y
-        r = np.minimum(np.sqrt((u * q) ** 2 + (v / q) ** 2) / max(re_pix, 0.3), 40.0)
+        r = np.minimum(np.sqrt(u ** 2 + (v / ab) ** 2) / max(re_pix, 0.3), 40.0)
         return np.exp(-b * ((np.sqrt(np.sqrt(r)) if n == 4.0 else r) - 1.0))
 
     g = (np.arange(3 * (2 * half + 1)) - 1) / 3.0 - half  # cell centres

@@ -733,6 +733,13 @@ def fit_ellipses(preps: list[EllipCcd], bands, n: int, family: str,
     return EllipFit(bchi, best[:, 0], best[:, 1], best[:, 2], ivar, flux, fiv)
 
 
+def circularised_radius(shape_r: np.ndarray, e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+    """sqrt(a b) of the ellipse whose major half-light radius is ``shape_r`` (DR9's SHAPE_R)
+    and whose axis ratio is b/a = (1 - e) / (1 + e)."""
+    e = np.minimum(np.hypot(e1, e2), 0.99)
+    return shape_r * np.sqrt((1 - e) / (1 + e))
+
+
 def apply_ellipses(fit: FitResult, gi: np.ndarray, fits: dict[str, EllipFit]) -> None:
     """Choose among PSF, REX, EXP and DEV for the sources ``gi`` from their fits on the
     Voronoi-weighted cutouts (``fits``: "psf", "rex", "exp", "dev"; :func:`fit_ellipses`)
@@ -754,7 +761,10 @@ def apply_ellipses(fit: FitResult, gi: np.ndarray, fits: dict[str, EllipFit]) ->
     fit.type[gi] = np.where(exp, "EXP", np.where(dev, "DEV", np.where(rex, "REX", "PSF")))
     for sel, ef in ((exp, fits["exp"]), (dev, fits["dev"]), (rex, fits["rex"])):
         j = gi[sel]
-        re = np.exp(ef.lnre[sel])
+        # fitted: the circularised radius (smooth in e1, e2); written: the major axis's, the
+        # Tractor's and DR9's SHAPE_R
+        e = np.minimum(np.hypot(ef.e1[sel], ef.e2[sel]), 0.99)
+        re = np.exp(ef.lnre[sel]) * np.sqrt((1 + e) / (1 - e))
         fit.shape_r[j] = re
         fit.shape_r_ivar[j] = ef.ivar[sel, 0] / (re * re)
         fit.shape_e1[j] = ef.e1[sel]

@@ -605,7 +605,9 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
     ix = np.clip(np.rint(x).astype(int), 0, wcs.width - 1)
     iy = np.clip(np.rint(y).astype(int), 0, wcs.height - 1)
     is_gal = (fit.type != "PSF") if n else np.zeros(0, bool)
-    shape_r = fit.shape_r if n else np.zeros(0, np.float32)
+    # the circularised half-light radius sizes the round Gaussian stand-ins of the models
+    shape_r = galfit.circularised_radius(fit.shape_r, fit.shape_e1, fit.shape_e2) if n else \
+        np.zeros(0, np.float32)
     mjd_min = np.full(n, np.inf)
     mjd_max = np.full(n, -np.inf)
     models = {}
