@@ -115,6 +115,7 @@ def truth_sweep(rel: Release, out: Path) -> int:
     fibre, 1" seeing), and the Gaia G of reference stars that runbrick treats as Gaia point
     sources (G < 18: the simulated stars have no excess noise, proper motion or parallax).
     Returns the number of rows."""
+    from lsdask.processors.lite.galfit import circularised_radius
     from lsdask.processors.lite.photometry import fiber_fraction
 
     layout = rel.layout
@@ -139,7 +140,8 @@ def truth_sweep(rel: Release, out: Path) -> int:
         rows["type"] = kind
         rows["shape_r"] = np.where(psf, 0, t["shape_r"])
         # DR9 fibre flux as runbrick computes it (round Gaussian of the half-light size)
-        ff = fiber_fraction(np.where(psf, 0.0, t["shape_r"] / 1.678))
+        r_circ = circularised_radius(t["shape_r"], t["shape_e1"], t["shape_e2"])
+        ff = fiber_fraction(np.where(psf, 0.0, r_circ / 1.678))
         rows["maskbits"] = _coadd_at(layout, b, "maskbits", t["ra"], t["dec"])
         for band in OPTICAL_BANDS:
             nexp = _coadd_at(layout, b, f"nexp-{band}", t["ra"], t["dec"])

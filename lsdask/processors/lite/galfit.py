@@ -428,15 +428,16 @@ class EllipCcd:
     target: np.ndarray       # (nt,) flat native rfft index of each group
 
 
-def ellip_prep_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray,
-                   targets: np.ndarray) -> EllipCcd | None:
+def ellip_prep_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray, targets: np.ndarray,
+                   usable: np.ndarray | None = None) -> EllipCcd | None:
     """The cutouts of the sources ``targets`` (indices into ra, dec: all the sources) on one
     CCD and its PSF in Fourier space on a grid ``k`` times finer than the pixels: a model's
     native pixels are the aliased sum of its fine transform (here onto the native rfft
     half-plane), so undersampled PSFs stay exact (as :func:`model_grids`). Sources are fitted
     one at a time, so a cutout's pixels nearer another source than its own are given no
     weight (its Voronoi cell: neighbours' light would otherwise stretch the ellipse).
-    ``EllipCcd.idx`` indexes ``targets``."""
+    ``usable`` (per target) limits the CCD to the sources it may measure. ``EllipCcd.idx``
+    indexes ``targets``."""
     from scipy.spatial import cKDTree
 
     xa, ya = im.wcs.sky_to_pix(ra, dec)
@@ -446,6 +447,8 @@ def ellip_prep_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray,
     h, w = im.img.shape
     inside = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x < w - 0.5) & (y > -0.5) & \
         (y < h - 0.5)
+    if usable is not None:
+        inside &= usable
     idx = np.flatnonzero(inside)
     if idx.size == 0:
         return None

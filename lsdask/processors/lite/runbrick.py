@@ -447,10 +447,13 @@ def _subtract_sky(im: CcdImage, co_sky: dict[str, float]) -> None:
 def _phot_ccd(im: CcdImage, ra, dec, final: bool | tuple):
     """One CCD's PSF-model sums (first pass, for positions), or its forced PSF photometry
     and every model's sums (``final`` pass, at the fitted positions), or with ``final =
-    ("ellip", targets)`` its :class:`~.galfit.EllipCcd` for the elliptical fits of the
-    sources ``targets``."""
-    if isinstance(final, tuple):  # ("ellip", targets)
-        return im.band, None, galfit.ellip_prep_ccd(im, ra, dec, final[1])
+    ("ellip", targets, measured)`` its :class:`~.galfit.EllipCcd` for the elliptical fits
+    of the sources ``targets`` that its forced photometry measured (``measured[row]``)."""
+    if isinstance(final, tuple):  # ("ellip", targets, {ccd row: measured sources})
+        _, targets, measured = final
+        usable = measured[im.row][targets] if im.row in measured else np.zeros(len(targets),
+                                                                                bool)
+        return im.band, None, galfit.ellip_prep_ccd(im, ra, dec, targets, usable)
     if final:
         return im.band, forced_phot_ccd(im, ra, dec), galfit.model_sums_ccd(im, ra, dec)
     return im.band, None, galfit.model_sums_ccd(im, ra, dec, psf_only=True)
@@ -566,11 +569,14 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         # masks, nobs, rchisq) and light-profile fits (PSF / REX / DEV) forced across each
         # band's CCDs, then the second position step (fluxes stay those of pass 2)
         sums = _Sums(coadds, n, galfit.n_models())
+        measured = {}  # CCD row -> the sources it counts in nobs (and may fit as galaxies)
         for band, ph, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, True,
                                         co_sky):
             if band in accs:
                 accumulate(accs[band], ph)
             sums.add(ms)
+            measured[ph.row] = np.zeros(n, bool)
+            measured[ph.row][ph.idx[ph.iv > 0]] = True
         sat0 = np.zeros(n, bool)
         for c in coadds.values():
             sat0 |= c["satur"][np.clip(np.rint(y).astype(int), 0, wcs.height - 1),
@@ -590,7 +596,8 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         if gi.size:
             t0 = time.time()
             preps = [p for _, _, p in _ccd_passes(layout, sel, wcs, images, threads, ra, dec,
-                                                  ("ellip", gi), co_sky) if p is not None]
+                                                  ("ellip", gi, measured), co_sky)
+                     if p is not None]
             t1 = time.time()
             bands_ = list(coadds)
             fits = {"psf": galfit.fit_ellipses(preps, bands_, gi.size, "psf", None)}
