@@ -163,10 +163,10 @@ def test_galaxy_stamps_follow_the_stars_pixel_convention(kind, re_pix, fwhm):
     stamp = _galaxy_stamp(kind, re_pix, e1, e2, half, dx, dy, fwhm, beta, half_psf)
 
     e, theta = np.hypot(e1, e2), 0.5 * np.arctan2(e2, e1)
-    ba = (1 - e) / (1 + e)  # the Tractor's axis ratio; re_pix is the circularised radius
+    ba = (1 - e) / (1 + e)  # the Tractor's axis ratio; re_pix is the major axis's, as its
     m = 2 * half + 1
     g = (np.arange(3 * n * m) - (3 * n - 1) / 2) / (3 * n) - half
-    gal = Sersic2D(1.0, re_pix / np.sqrt(ba), 1 if kind == "EXP" else 4, dx, dy, 1 - ba,
+    gal = Sersic2D(1.0, re_pix, 1 if kind == "EXP" else 4, dx, dy, 1 - ba,
                    theta)(g[None, :], g[:, None]).reshape(n * m, 3, n * m, 3).sum(axis=(1, 3))
     gamma = n * fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
     k = np.arange(-n * half_psf - n // 2, n * half_psf + n // 2 + 1)
