@@ -28,8 +28,8 @@ def old_way(layout, names, ra, dec, radius, out_path):
     import fitsio
     from scipy.spatial import cKDTree
 
-    from lsdask.graphs.match import chord, unit_vectors
     from lsdask.survey.tractor import TRACTOR_DTYPE, read_tractor
+    from lsdask.survey.wcs import chord, unit_vectors
 
     xyz = unit_vectors(ra, dec)
     best = np.full(len(ra), np.inf)

@@ -43,22 +43,12 @@ from ..survey.tractor import (
     is_tractor_layout,
     tractor_raw_dtype,
 )
+from ..survey.wcs import chord, unit_vectors
 from .parquet import load_manifest, partition_files
 
 EXTNAME = "MATCHED"
 DIST_COLUMN = "MATCH_DIST"
 CHUNK = 50_000  # output rows assembled at once
-
-
-def unit_vectors(ra, dec) -> np.ndarray:
-    ra = np.deg2rad(np.asarray(ra, dtype=np.float64))
-    dec = np.deg2rad(np.asarray(dec, dtype=np.float64))
-    c = np.cos(dec)
-    return np.stack([c * np.cos(ra), c * np.sin(ra), np.sin(dec)], axis=1)
-
-
-def chord(radius_arcsec: float) -> float:
-    return 2.0 * np.sin(np.deg2rad(radius_arcsec / 3600.0) / 2.0)
 
 
 def chord_to_arcsec(d: np.ndarray) -> np.ndarray:

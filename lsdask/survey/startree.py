@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
+from .wcs import unit_vectors
 
 __all__ = ["write_star_kdtree"]
 
@@ -60,11 +61,6 @@ def _raw_table_hdu(column: str, rows: list[bytes], width: int,
     return head + data
 
 
-def _unit_vectors(ra, dec) -> np.ndarray:
-    r, d = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
-    return np.stack([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)], axis=1)
-
-
 def write_star_kdtree(path: str | os.PathLike, table: np.ndarray, name: str = "stars") -> Path:
     """Write ``table`` (at least one row; ``ra``, ``dec`` in degrees) as a star kd-tree file,
     atomically."""
@@ -73,7 +69,7 @@ def write_star_kdtree(path: str | os.PathLike, table: np.ndarray, name: str = "s
     names = {n.lower(): n for n in table.dtype.names}
     if len(table) == 0 or "ra" not in names or "dec" not in names:
         raise ValueError("a star kd-tree needs at least one row with ra and dec columns")
-    xyz = _unit_vectors(table[names["ra"]], table[names["dec"]])
+    xyz = unit_vectors(table[names["ra"]], table[names["dec"]])
     native = "<" if sys.byteorder == "little" else ">"
     f8, u4 = np.dtype(native + "f8"), np.dtype(native + "u4")
     header = [("AN_FILE", "SKDT", "a star kdtree"),

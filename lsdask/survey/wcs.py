@@ -54,6 +54,19 @@ def tan_radec_to_pixel(ra, dec, crval1, crval2, crpix1, crpix2, cd11, cd12, cd21
     return dx + crpix1, dy + crpix2
 
 
+def unit_vectors(ra, dec) -> np.ndarray:
+    """(n, 3) unit vectors of (ra, dec) in degrees (for kd-tree matching on the sphere)."""
+    ra = np.deg2rad(np.asarray(ra, dtype=np.float64))
+    dec = np.deg2rad(np.asarray(dec, dtype=np.float64))
+    c = np.cos(dec)
+    return np.stack([c * np.cos(ra), c * np.sin(ra), np.sin(dec)], axis=1)
+
+
+def chord(radius_arcsec: float) -> float:
+    """Chord length between unit vectors ``radius_arcsec`` apart."""
+    return 2.0 * np.sin(np.deg2rad(radius_arcsec / 3600.0) / 2.0)
+
+
 def angular_separation(ra1, dec1, ra2, dec2):
     """Great-circle distance in degrees (haversine; broadcasting)."""
     ra1, dec1, ra2, dec2 = (np.asarray(a, dtype=float) * _D2R for a in (ra1, dec1, ra2, dec2))

@@ -280,12 +280,10 @@ def photometric_refs(layout, refs: np.ndarray, ra: float, dec: float, radius: fl
     if len(refs):
         from scipy.spatial import cKDTree
 
-        def xyz(r, d):
-            r, d = np.radians(r), np.radians(d)
-            return np.c_[np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)]
+        from ...survey.wcs import chord, unit_vectors
 
-        dist, j = cKDTree(xyz(refs["ra"], refs["dec"])).query(
-            xyz(cal["ra"], cal["dec"]), distance_upper_bound=np.radians(match_arcsec / 3600))
+        dist, j = cKDTree(unit_vectors(refs["ra"], refs["dec"])).query(
+            unit_vectors(cal["ra"], cal["dec"]), distance_upper_bound=chord(match_arcsec))
         matched = np.isfinite(dist)
         out[f"mag_{band}"][j[matched]] = cal["mag"][matched]
         out[f"mag_{band}_err"][j[matched]] = cal["mag_err"][matched]
