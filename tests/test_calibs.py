@@ -25,7 +25,9 @@ def test_models_match_truth(tmp_path_factory):
         assert set(psfs) == set(skies) == {"S4", "N4", "S3", "N3"}
         for name, psf in psfs.items():
             t = ccdt[(ccdt["image_filename"] == f) & (ccdt["ccdname"] == name)][0]
-            assert abs(psf.fwhm / t["fwhm"] - 1) < 0.05, (f, name, psf.fwhm, t["fwhm"])
+            # measured: within 0.51 % (median 0.05 %); 1.3 % when the PSF stars were picked
+            # by sep's isophotal size, which passed over the brightest stars
+            assert abs(psf.fwhm / t["fwhm"] - 1) < 0.01, (f, name, psf.fwhm, t["fwhm"])
             for x, y in ((0, 0), (511, 1023), (256, 512)):
                 stamp = psf.at(x, y)
                 assert stamp.shape == (63, 63) and abs(stamp.sum() - 1) < 1e-9

@@ -41,8 +41,10 @@ def test_zeropoints_match_truth(tmp_path_factory):
         assert r["ccdnphotom"] >= 5 and r["ccdnastrom"] >= r["ccdnphotom"]
         assert r["filter"] in "grz" and r["exptime"] == 90 and r["expnum"] >= 100000
     dz = np.array(dz)
-    assert np.sqrt(np.mean(dz ** 2)) < 0.01, dz
-    assert np.max(np.abs(dfw)) < 0.05
+    # measured: rms 0.0015, max 0.0032 mag, FWHM within 0.5 %; with the PSF stars picked by
+    # sep's isophotal size (which passed over the brightest stars): rms 0.0042, max 0.0097
+    assert np.sqrt(np.mean(dz ** 2)) < 0.003 and np.max(np.abs(dz)) < 0.006, dz
+    assert np.max(np.abs(dfw)) < 0.01, dfw
     # exposure median and sig1 in nanomaggies (sky-limited: sqrt(sky) / gain / exptime)
     for f in files:
         zz = z[z["image_filename"] == f]

@@ -163,10 +163,14 @@ def _star_candidates(ccd: CcdData, sub: np.ndarray, half: int) -> np.ndarray:
         if ccd.saturated[iy - half:iy + half + 1, ix - half:ix + half + 1].any():
             keep[i] = False
     cand = objs[keep]
-    if len(cand) >= 3:  # compact: stars have the smallest sizes
-        size = np.sqrt(cand["a"] * cand["b"])
-        ref = np.percentile(size, 25)
-        cand = cand[(size > 0.8 * ref) & (size < 1.2 * ref)]
+    if len(cand) >= 3:
+        # compact: stars have the smallest half-light radii within a fixed aperture (the
+        # isophotal moments sep returns grow with brightness, so cutting on them kept the
+        # faint stars and the noise that made them look compact)
+        r50, _ = sep.flux_radius(data, cand["x"], cand["y"], np.full(len(cand), float(half)),
+                                 0.5, seg_id=cand["segid"], segmap=seg, mask=bad, subpix=5)
+        ref = np.percentile(r50, 25)
+        cand = cand[(r50 > 0.8 * ref) & (r50 < 1.2 * ref)]
     return cand[np.argsort(-cand["flux"])][:25], seg
 
 
