@@ -308,3 +308,40 @@ def fiber_fraction(sigma_arcsec: np.ndarray) -> np.ndarray:
     """Fraction of a round Gaussian source (sigma, arcsec; before seeing) in a DR9 fibre."""
     s2 = sigma_arcsec ** 2 + (FIBER_SEEING / 2.3548) ** 2
     return 1.0 - np.exp(-FIBER_RADIUS ** 2 / (2 * s2))
+
+
+def point_source_model(im, ra: np.ndarray, dec: np.ndarray, flux: np.ndarray) -> np.ndarray:
+    """The CCD image of point sources at (ra, dec) with the given fluxes (nanomaggies):
+    each source's full PSF stamp (wings included, the stamp size of the CCD's PSF; per-source
+    PsfEx stamps where the model varies, as :func:`forced_phot_ccd`), sources whose stamp
+    only overlaps the CCD included."""
+    x, y = im.wcs.sky_to_pix(ra, dec)
+    x = np.asarray(x, float) - im.x0
+    y = np.asarray(y, float) - im.y0
+    h, w = im.img.shape
+    r = im.psf.shape[0] // 2
+    flux = np.asarray(flux, float)
+    ok = np.isfinite(x) & np.isfinite(y) & (flux != 0) & np.isfinite(flux) & \
+        (x > -r - 0.5) & (x < w + r - 0.5) & (y > -r - 0.5) & (y < h + r - 0.5)
+    out = np.zeros((h + 2 * r, w + 2 * r), np.float32)
+    idx = np.flatnonzero(ok)
+    if idx.size == 0:
+        return out[r:r + h, r:r + w]
+    xs, ys = x[idx], y[idx]
+    ix, iy = np.rint(xs).astype(np.int64), np.rint(ys).astype(np.int64)
+    dx, dy = xs - ix, ys - iy
+    model = im.psfmodel
+    if model is not None and getattr(model, "_fine", 0):
+        stamps = np.stack([model.stamp(float(px), float(py), float(ox), float(oy), half=r)
+                           for px, py, ox, oy in zip(ix + im.x0, iy + im.y0, dx, dy,
+                                                     strict=True)]).astype(np.float32)
+    else:
+        Ps = psf_stamps(model, xs + im.x0, ys + im.y0, r)
+        stamps = fourier_shift(im.psf.astype(np.float32) if Ps is None else Ps, dx, dy)
+    n = stamps.shape[-1]
+    rr = n // 2
+    stamps = stamps * flux[idx, None, None].astype(np.float32)
+    for s, cx, cy in zip(stamps, ix, iy, strict=True):
+        # stamp centre at padded (cy + r, cx + r)
+        out[cy + r - rr:cy + r + rr + 1, cx + r - rr:cx + r + rr + 1] += s
+    return out[r:r + h, r:r + w]

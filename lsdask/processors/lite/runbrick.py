@@ -73,6 +73,7 @@ from .photometry import (
     forced_phot_ccd,
     fracflux,
     gaussian_model_image,
+    point_source_model,
 )
 
 log = logging.getLogger(__name__)
@@ -449,10 +450,15 @@ def _phot_ccd(im: CcdImage, ra, dec, final: bool | tuple):
     and every model's sums (``final`` pass, at the fitted positions), or with ``final =
     ("ellip", targets, measured)`` its :class:`~.galfit.EllipCcd` for the elliptical fits
     of the sources ``targets`` that its forced photometry measured (``measured[row]``)."""
-    if isinstance(final, tuple):  # ("ellip", targets, {ccd row: measured sources})
-        _, targets, measured = final
+    if isinstance(final, tuple):  # ("ellip", targets, {ccd row: measured}, point sources)
+        _, targets, measured, points = final
         usable = measured[im.row][targets] if im.row in measured else np.zeros(len(targets),
                                                                                 bool)
+        if points is not None and im.band in points[2]:
+            # the point sources' models (wings included) out of the pixels first
+            pra, pdec, pflux = points
+            im = dataclasses.replace(im, img=im.img - point_source_model(
+                im, pra, pdec, pflux[im.band]))
         return im.band, None, galfit.ellip_prep_ccd(im, ra, dec, targets, usable)
     if final:
         return im.band, forced_phot_ccd(im, ra, dec), galfit.model_sums_ccd(im, ra, dec)
@@ -595,8 +601,12 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         gi = np.flatnonzero(fit.type != "PSF")
         if gi.size:
             t0 = time.time()
+            # the sources typed PSF are subtracted from the pixels (with their forced
+            # fluxes): a bright star's halo would otherwise make its neighbours large galaxies
+            pi = np.flatnonzero(fit.type == "PSF")
+            points = (ra[pi], dec[pi], {b: band_results(accs[b])["flux"][pi] for b in accs})
             preps = [p for _, _, p in _ccd_passes(layout, sel, wcs, images, threads, ra, dec,
-                                                  ("ellip", gi, measured), co_sky)
+                                                  ("ellip", gi, measured, points), co_sky)
                      if p is not None]
             t1 = time.time()
             bands_ = list(coadds)
