@@ -323,10 +323,11 @@ def point_source_model(im, ra: np.ndarray, dec: np.ndarray, flux: np.ndarray) ->
     flux = np.asarray(flux, float)
     ok = np.isfinite(x) & np.isfinite(y) & (flux != 0) & np.isfinite(flux) & \
         (x > -r - 0.5) & (x < w + r - 0.5) & (y > -r - 0.5) & (y < h + r - 0.5)
-    out = np.zeros((h + 2 * r, w + 2 * r), np.float32)
+    pad = 2 * r + 2  # a stamp centred up to r + 1 pixels off the CCD still fits
+    out = np.zeros((h + 2 * pad, w + 2 * pad), np.float32)
     idx = np.flatnonzero(ok)
     if idx.size == 0:
-        return out[r:r + h, r:r + w]
+        return out[pad:pad + h, pad:pad + w]
     xs, ys = x[idx], y[idx]
     ix, iy = np.rint(xs).astype(np.int64), np.rint(ys).astype(np.int64)
     dx, dy = xs - ix, ys - iy
@@ -342,6 +343,6 @@ def point_source_model(im, ra: np.ndarray, dec: np.ndarray, flux: np.ndarray) ->
     rr = n // 2
     stamps = stamps * flux[idx, None, None].astype(np.float32)
     for s, cx, cy in zip(stamps, ix, iy, strict=True):
-        # stamp centre at padded (cy + r, cx + r)
-        out[cy + r - rr:cy + r + rr + 1, cx + r - rr:cx + r + rr + 1] += s
-    return out[r:r + h, r:r + w]
+        # stamp centre at padded (cy + pad, cx + pad)
+        out[cy + pad - rr:cy + pad + rr + 1, cx + pad - rr:cx + pad + rr + 1] += s
+    return out[pad:pad + h, pad:pad + w]

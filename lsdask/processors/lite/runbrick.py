@@ -78,6 +78,10 @@ from .photometry import (
 
 log = logging.getLogger(__name__)
 
+#: Refine the sources the round fits call galaxies with elliptical EXP / DEV fits (False:
+#: the round PSF / REX / DEV fits only; for benchmarks).
+ELLIPTICAL_FITS = True
+
 KILL_ENV = "LSDASK_RUNBRICK_TEST_KILL_AFTER"
 DEFAULT_KERNEL = "lanczos3"
 #: Coadd kinds written per band -> key in the band's coadd dict.
@@ -599,7 +603,7 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         # elliptical EXP / DEV fits of the sources the round fits call galaxies (at the
         # final positions), then legacypipe's choice among PSF, REX, EXP and DEV
         gi = np.flatnonzero(fit.type != "PSF")
-        if gi.size:
+        if gi.size and ELLIPTICAL_FITS:
             t0 = time.time()
             # the sources typed PSF are subtracted from the pixels (with their forced
             # fluxes): a bright star's halo would otherwise make its neighbours large galaxies
