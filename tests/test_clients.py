@@ -139,8 +139,6 @@ def truth_sweep(rel: Release, out: Path) -> int:
         psf = kind == b"PSF"
         rows["type"] = kind
         rows["shape_r"] = np.where(psf, 0, t["shape_r"])
-        rows["shape_e1"] = np.where(psf, 0, t["shape_e1"])
-        rows["shape_e2"] = np.where(psf, 0, t["shape_e2"])
         # DR9 fibre flux as runbrick computes it (round Gaussian of the half-light size)
         r_circ = circularised_radius(t["shape_r"], t["shape_e1"], t["shape_e2"])
         ff = fiber_fraction(np.where(psf, 0.0, r_circ / 1.678))
@@ -202,38 +200,12 @@ def test_desitarget_select_targets_bgs_agree_with_truth(target_counts):
 NOISE_SEEDS = range(8)
 
 
-def galaxy_depth_factor(kind: np.ndarray, r_circ: np.ndarray, psf_fwhm: np.ndarray
-                        ) -> np.ndarray:
-    """Flux inverse variance of a galaxy of its own profile (EXP / DEV of circularised
-    half-light radius ``r_circ``, arcsec) over that of ``galdepth``'s 0.45" round exponential,
-    both convolved with a Gaussian PSF of FWHM ``psf_fwhm`` (arcsec): the ratio of sum P^2
-    (Parseval: the integral of |profile x PSF transform|^2 over frequency)."""
-    from lsdask.processors.lite.galfit import profile_ft
-
-    f = np.linspace(0.0, 6.0, 3001)[None, :]  # cycles per arcsec
-    sig = np.asarray(psf_fwhm, float)[:, None] / 2.3548
-    H2 = np.exp(-4 * np.pi ** 2 * sig ** 2 * f ** 2)
-    ref = (profile_ft("rex", f * 0.45) ** 2 * H2 * f).sum(axis=1)
-    fam = np.where(np.asarray(kind) == "DEV", "dev", "rex")
-    own = np.empty(len(fam))
-    for k in ("rex", "dev"):
-        m = fam == k
-        if m.any():
-            own[m] = (profile_ft(k, f * np.asarray(r_circ, float)[m, None]) ** 2 * H2[m]
-                      * f).sum(axis=1)
-    return own / ref
-
-
 def noisy_truth_sweep(rel: Release, truth_file: Path, out: Path, seed: int) -> None:
     """The truth sweep with the noise a flawless pipeline would have at this release's depth:
     each true flux plus a Gaussian error of the release's own depth where the source lies
-    (``psfdepth`` for point sources; for galaxies ``galdepth``, a 0.45" round exponential's,
-    scaled to the galaxy's own profile and size by :func:`galaxy_depth_factor`, with the
-    release's PSF size there; from the nearest release sweep row; fibre fluxes scaled with the
-    total flux), ``flux_ivar`` set to match."""
+    (``psfdepth`` for point sources, ``galdepth`` for galaxies, from the nearest release
+    sweep row; fibre fluxes scaled with the total flux), ``flux_ivar`` set to match."""
     from scipy.spatial import cKDTree
-
-    from lsdask.processors.lite.galfit import circularised_radius
 
     truth, hdr = fitsio.read(str(truth_file), header=True)
     rows = np.concatenate([read_sweep(p) for p in _sweeps(rel)])
@@ -241,15 +213,11 @@ def noisy_truth_sweep(rel: Release, truth_file: Path, out: Path, seed: int) -> N
     _, j = cKDTree(np.c_[rows["ra"] * cosd, rows["dec"]]).query(
         np.c_[truth["RA"] * cosd, truth["DEC"]])
     point = np.char.strip(truth["TYPE"].astype(str)) == "PSF"
-    r_circ = circularised_radius(truth["SHAPE_R"], truth["SHAPE_E1"], truth["SHAPE_E2"])
     rng = np.random.default_rng(seed)
     out_rows = truth.copy()
     for band in OPTICAL_BANDS:
         b = band.upper()
-        fwhm = rows[f"psfsize_{band}"][j]
-        fac = galaxy_depth_factor(np.char.strip(truth["TYPE"].astype(str)), r_circ,
-                                  np.where(fwhm > 0, fwhm, 1.0))
-        depth = np.where(point, rows[f"psfdepth_{band}"][j], rows[f"galdepth_{band}"][j] * fac)
+        depth = np.where(point, rows[f"psfdepth_{band}"][j], rows[f"galdepth_{band}"][j])
         sig = 1 / np.sqrt(np.where(depth > 0, depth, np.inf))
         flux = truth[f"FLUX_{b}"] + rng.standard_normal(len(truth)) * sig
         scale = np.where(truth[f"FLUX_{b}"] != 0, flux / np.where(truth[f"FLUX_{b}"] != 0,
