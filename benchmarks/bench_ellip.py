@@ -15,9 +15,13 @@ machine is shared; run it under ``nice``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_one(demo: Path, brick: str, threads: int, ellip: bool, out: Path) -> dict:
     import shutil
 
-    from lsdask.config import RunbrickOptions
     from lsdask.processors.lite import runbrick
     from lsdask.release import Release
     from lsdask.survey.ccds import read_ccds
@@ -38,7 +41,8 @@ def run_one(demo: Path, brick: str, threads: int, ellip: bool, out: Path) -> dic
     shutil.rmtree(out, ignore_errors=True)
     layout = ReleaseLayout(rel.layout.survey_dir, out, name=rel.layout.name)
     runbrick.ELLIPTICAL_FITS = ellip
-    opts = RunbrickOptions(threads=threads, force=True)
+    # the demo's own runbrick options (brick size, detection threshold), fresh output
+    opts = dataclasses.replace(rel.config.stages.runbrick, threads=threads, force=True)
     bands = sorted({c.decode().strip() if isinstance(c, bytes) else str(c).strip()
                     for c in ccds["filter"]}, key="grz".find)
     t = time.time()
@@ -70,13 +74,25 @@ def main() -> int:
         return 0
     best: dict[str, dict] = {}
     for mode in [m for _ in range(max(1, args.repeat)) for m in ("round", "ellip")]:
-        p = subprocess.run([sys.executable, __file__, str(args.demo), "--brick", brick,
-                            "--threads", str(args.threads), "--workdir", str(args.workdir),
-                            "--one", mode], capture_output=True, text=True, cwd=ROOT)
-        if p.returncode:
-            print(p.stderr, file=sys.stderr)
+        # output to files, not pipes: runbrick's forked writers may outlive the child for a
+        # moment; its own session, ended after it (those writers go with it)
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            p = subprocess.Popen([sys.executable, __file__, str(args.demo), "--brick", brick,
+                                  "--threads", str(args.threads), "--workdir",
+                                  str(args.workdir), "--one", mode], stdout=out, stderr=err,
+                                 cwd=ROOT, start_new_session=True)
+            rc = p.wait()
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        if rc:
+            print(f"{mode}: exit status {rc}\n{stderr}", file=sys.stderr)
             return 1
-        r = json.loads(p.stdout.strip().splitlines()[-1])
+        r = json.loads(stdout.strip().splitlines()[-1])
         ph = r["timings"].get("photometry", float("nan"))
         print(f"{brick} {mode}: wall {r['wall']:.1f} s, photometry phase {ph:.1f} s, "
               f"{r['nsources']} sources")
