@@ -602,7 +602,8 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         cat["dec_ivar"] = ivN * 3600.0 ** 2
         # elliptical EXP / DEV fits of the sources the round fits call galaxies (at the
         # final positions), then legacypipe's choice among PSF, REX, EXP and DEV
-        gi = np.flatnonzero(fit.type != "PSF")
+        # (only those kept: the others are dropped from the catalogue whatever their fit)
+        gi = np.flatnonzero((fit.type != "PSF") & fit.keep)
         if gi.size and ELLIPTICAL_FITS:
             t0 = time.time()
             # the sources typed PSF are subtracted from the pixels (with their forced
