@@ -110,7 +110,7 @@ def test_tractor_datamodel(sim_brick):
     assert len(t) == len(data) == res["nsources"] > 100
     assert list(data["objid"]) == list(range(len(data)))
     assert (data["brickid"] == brick_grid().brick(BRICK).brickid).all()
-    assert set(np.char.strip(data["type"].astype("U"))) <= {"PSF", "REX", "DEV"}
+    assert set(np.char.strip(data["type"].astype("U"))) <= {"PSF", "REX", "EXP", "DEV"}
     assert (data["ebv"] == 0).all() and (data["mw_transmission_g"] == 1).all()
     assert (data["flux_w1"] == 0).all() and (data["nobs_w1"] == 0).all()
     hdr = fitsio.read_header(str(path), 0)

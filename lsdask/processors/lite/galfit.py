@@ -17,7 +17,20 @@ Vaucouleurs Hankel transform) one, then cubic-spline sampled at each source's su
 pixel centres, so undersampled PSFs are handled exactly as in forced PSF photometry.
 One PSF per CCD (at the centre of its overlap with the brick) is used for all models.
 Sources are fitted one at a time at fixed positions (no simultaneous fit of
-blends); elliptical shapes are not fitted.
+blends).
+
+Elliptical fits (:func:`fit_ellipses`, legacypipe's EXP and DEV): the sources the round
+fits call galaxies are refined in (ln r_e, e1, e2) with the fluxes profiled out, by damped
+Newton steps on the same sums and their shape derivatives (``C = sum w dP d``, ``D = sum w
+dP P``, ``E = sum w dP dP^T``; Gauss-Newton curvature, a trust region). The transform of an
+elliptical profile is the round one at the transformed frequency (:func:`ellip_model_ccd`),
+times the CCD's fine-grid PSF transform and the source's sub-pixel phase, aliased onto the
+native-pixel half plane and inverse transformed per source: exact for undersampled PSFs as
+above, and analytic in the shape derivatives. The shape inverse variances are those of the
+Gauss-Newton curvature with the fluxes and the other shape parameters marginalised. Each
+cutout's pixels nearer another source than its own get no weight in these fits (and in the
+PSF and REX fits they are compared with, made again on the same pixels); the model is then
+chosen as legacypipe's ``_select_model`` (:func:`apply_ellipses`).
 """
 
 from __future__ import annotations
@@ -252,14 +265,21 @@ def position_step(U: dict, V: dict, M: dict, flux: dict, maxstep: float
 class FitResult:
     """Per-source model choice and measurements."""
 
-    type: np.ndarray        # "PSF", "REX", "DEV"
-    dchisq: np.ndarray      # (n, 5): PSF, REX, DEV, EXP, SER (EXP, SER not fitted: 0)
+    type: np.ndarray        # "PSF", "REX", "DEV" (and "EXP" after :func:`apply_ellipses`)
+    dchisq: np.ndarray      # (n, 5): PSF, REX, DEV, EXP, SER (EXP until
+    #                         :func:`apply_ellipses`, SER not fitted: 0)
     shape_r: np.ndarray     # arcsec
     shape_r_ivar: np.ndarray
     flux: dict              # band -> (n,) fluxes of the chosen model
     flux_ivar: dict
     flux_psf: dict          # band -> (n,) fluxes of the PSF model
     keep: np.ndarray        # legacypipe's detection cut on the penalised dchisq
+    families: dict | None = None  # "rex", "dev" -> round fits (dchisq, r_e, r_e ivar,
+    #                                flux, flux ivar), each (n,) (fluxes: band -> (n,))
+    shape_e1: np.ndarray | None = None  # elliptical fits (:func:`apply_ellipses`)
+    shape_e1_ivar: np.ndarray | None = None
+    shape_e2: np.ndarray | None = None
+    shape_e2_ivar: np.ndarray | None = None
 
 
 def _dchisq(A: dict, B: dict) -> np.ndarray:
@@ -295,13 +315,6 @@ def _interp3(u: np.ndarray, vals: np.ndarray, j: np.ndarray, us: np.ndarray) -> 
     l1 = (us - u0) * (us - u2) / ((u1 - u0) * (u1 - u2))
     l2 = (us - u0) * (us - u1) / ((u2 - u0) * (u2 - u1))
     return l0 * vals[rows, j - 1] + l1 * vals[rows, j] + l2 * vals[rows, j + 1]
-
-
-def circularised_radius(shape_r: np.ndarray, e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
-    """sqrt(a b) of the ellipse whose major half-light radius is ``shape_r`` (DR9's SHAPE_R)
-    and whose axis ratio is b/a = (1 - e) / (1 + e)."""
-    e = np.minimum(np.hypot(e1, e2), 0.99)
-    return shape_r * np.sqrt((1 - e) / (1 + e))
 
 
 def choose_models(A: dict[str, np.ndarray], B: dict[str, np.ndarray],
@@ -364,5 +377,408 @@ def choose_models(A: dict[str, np.ndarray], B: dict[str, np.ndarray],
                                                              A[b][:, 0]))
     dchisq = np.zeros((n, 5), np.float32)
     dchisq[:, 0], dchisq[:, 1], dchisq[:, 2] = dpsf, drex, ddev
+    z = np.zeros(n, np.float32)
     return FitResult(typ, dchisq, shape_r.astype(np.float32), shape_iv.astype(np.float32),
-                     flux, fiv, fpsfs, keep)
+                     flux, fiv, fpsfs, keep, fams, z, z.copy(),
+                     z.copy(), z.copy())
+
+
+# -- elliptical refinement ------------------------------------------------------------------
+#: Elliptical families fitted after the round grid (legacypipe's EXP and DEV).
+ELLIP_FAMILIES = ("exp", "dev")
+#: Free parameters of the elliptical models (positions + r_e, e1, e2), as legacypipe.
+NPARAMS_ELLIP = 5
+#: Most model evaluations of the elliptical fits; the largest |e| they may reach; the
+#: largest Newton step in (ln r_e, e1, e2); the predicted chi-squared gain below which a
+#: source's fit stops.
+ELLIP_ITERS = 10
+E_MAX = 0.85
+ELLIP_MAXSTEP = np.array([0.7, 0.35, 0.35])
+ELLIP_TOL = 0.1
+#: ln(r_e) range (arcsec) of the elliptical fits.
+LNRE_RANGE = (np.log(0.02), np.log(12.0))
+#: Neighbours considered for the Voronoi weights of the elliptical fits' cutouts.
+ELLIP_NEIGHBOURS = 6
+#: Sources per batch of the Fourier-space model evaluation.
+ELLIP_BATCH = 24
+
+
+#: Fine-grid frequencies where the PSF transform is below this (of its total) are dropped.
+ELLIP_FT_FLOOR = 1e-5
+
+
+@dataclass
+class EllipCcd:
+    """One CCD's data for the elliptical fits of some sources (see :func:`ellip_prep_ccd`):
+    the sources' cutouts and, at the fine-grid frequencies that alias onto the native
+    half-plane (where the PSF transform is not negligible), the PSF transform times each
+    source's sub-pixel phase and the sky-frequency terms of the ellipse."""
+
+    band: str
+    idx: np.ndarray          # sources (indices into the positions given)
+    civ: np.ndarray          # (n, m, m) inverse variances of the cutouts
+    wd: np.ndarray           # (n, m, m) ivar * data
+    gi: np.ndarray           # (m,) native FFT-grid indices of the cutout rows / columns
+    N: int                   # native FFT grid size (the fine grid is k N)
+    Hs: np.ndarray           # (n, npts) PSF transform x phase of each source, / k^2
+    k2: np.ndarray           # (npts,) |f|^2 (f in cycles / arcsec)
+    Kc: np.ndarray           # f_N^2 - f_E^2
+    Ks: np.ndarray           # 2 f_N f_E
+    starts: np.ndarray       # (nt,) first point of each native rfft frequency (sorted)
+    target: np.ndarray       # (nt,) flat native rfft index of each group
+
+
+def ellip_prep_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray, targets: np.ndarray,
+                   usable: np.ndarray | None = None) -> EllipCcd | None:
+    """The cutouts of the sources ``targets`` (indices into ra, dec: all the sources) on one
+    CCD and its PSF in Fourier space on a grid ``k`` times finer than the pixels: a model's
+    native pixels are the aliased sum of its fine transform (here onto the native rfft
+    half-plane), so undersampled PSFs stay exact (as :func:`model_grids`). Sources are fitted
+    one at a time, so a cutout's pixels nearer another source than its own are given no
+    weight (its Voronoi cell: neighbours' light would otherwise stretch the ellipse).
+    ``usable`` (per target) limits the CCD to the sources it may measure. ``EllipCcd.idx``
+    indexes ``targets``."""
+    from scipy.spatial import cKDTree
+
+    xa, ya = im.wcs.sky_to_pix(ra, dec)
+    xa = np.asarray(xa, float) - im.x0
+    ya = np.asarray(ya, float) - im.y0
+    x, y = xa[targets], ya[targets]
+    h, w = im.img.shape
+    inside = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x < w - 0.5) & (y > -0.5) & \
+        (y < h - 0.5)
+    if usable is not None:
+        inside &= usable
+    idx = np.flatnonzero(inside)
+    if idx.size == 0:
+        return None
+    pixscale = im.wcs.tan.pixscale
+    fwhm_pix = im.fwhm / pixscale
+    r = int(np.ceil(max(MIN_RADIUS_PIX, 2.5 * fwhm_pix, 3.0 / pixscale)))
+    fp = fine_psf(im)
+    k = fp.k
+    N = 2 * r + 1 + 2 * ((r + 1) // 2)
+    N += N % 2
+    kN = k * N
+    img = fp.img
+    c = fp.c
+    hw = min(c, (kN - 1) // 2)
+    img = img[c - hw:c + hw + 1, c - hw:c + hw + 1]
+    ii = (np.arange(-hw, hw + 1)) % kN
+    grid = np.zeros((kN, kN))
+    grid[np.ix_(ii, ii)] = img
+    H = np.fft.fft2(grid) / fp.norm
+    f = np.fft.fftfreq(kN) * k  # cycles per native pixel
+    iy_f, ix_f = np.nonzero((np.abs(H) > ELLIP_FT_FLOOR * abs(H[0, 0]))
+                            & ((np.arange(kN) % N) <= N // 2)[None, :])
+    nh = N // 2 + 1
+    t = (iy_f % N) * nh + (ix_f % N)
+    order = np.argsort(t, kind="stable")
+    iy_f, ix_f, t = iy_f[order], ix_f[order], t[order]
+    starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    J = _jacobian(im, float(np.median(ra[idx])), float(np.median(dec[idx])))
+    fx, fy = f[ix_f], f[iy_f]
+    fE = J[0, 0] * fx + J[1, 0] * fy
+    fN = J[0, 1] * fx + J[1, 1] * fy
+    xs, ys = x[idx], y[idx]
+    ix, iy = np.rint(xs).astype(np.int64), np.rint(ys).astype(np.int64)
+    dx, dy = xs - ix, ys - iy
+    Hs = (H[iy_f, ix_f][None, :] / (k * k)
+          * np.exp(-2j * np.pi * (fy[None, :] * dy[:, None] + fx[None, :] * dx[:, None])))
+    imgp = np.pad(im.img, r)
+    ivar = np.pad(im.ivar, r)
+    off = np.arange(2 * r + 1)
+    rows = (iy[:, None] + off[None, :])[:, :, None]
+    cols = (ix[:, None] + off[None, :])[:, None, :]
+    civ = ivar[rows, cols].astype(float)
+    # Voronoi cells: pixels nearer a neighbour (any source) than the target get no weight
+    fin = np.isfinite(xa) & np.isfinite(ya)
+    allxy = np.c_[xa[fin], ya[fin]]
+    if len(allxy) > 1:
+        K = min(ELLIP_NEIGHBOURS + 1, len(allxy))
+        dist, nb = cKDTree(allxy).query(np.c_[xs, ys], k=K)
+        nbx, nby = allxy[nb[:, 1:], 0], allxy[nb[:, 1:], 1]  # (n, K-1); [:, 0]: itself
+        near = dist[:, 1:] < 2.0 * np.sqrt(2.0) * (r + 1)
+        gy = (iy[:, None] + off[None, :] - r).astype(float)   # (n, m) pixel rows
+        gx = (ix[:, None] + off[None, :] - r).astype(float)
+        d0 = (gy - ys[:, None])[:, :, None] ** 2 + (gx - xs[:, None])[:, None, :] ** 2
+        for j in range(K - 1):
+            dj = ((gy - nby[:, j:j + 1])[:, :, None] ** 2
+                  + (gx - nbx[:, j:j + 1])[:, None, :] ** 2)
+            civ[(dj < d0) & near[:, j, None, None]] = 0.0
+    wd = civ * imgp[rows, cols]
+    f4 = np.float32
+    return EllipCcd(im.band, idx, civ, wd, np.arange(-r, r + 1) % N, N,
+                    Hs.astype(np.complex64), (fE ** 2 + fN ** 2).astype(f4),
+                    (fN ** 2 - fE ** 2).astype(f4), (2 * fN * fE).astype(f4), starts,
+                    t[starts])
+
+
+#: Samples of the uniform de Vaucouleurs table in t = Q^(1/4) = sqrt(q).
+DEV_T_SAMPLES = 8192
+
+
+@lru_cache(maxsize=1)
+def _dev_table_t() -> tuple[float, np.ndarray, np.ndarray]:
+    """(dt, F, dF/dQ) of the de Vaucouleurs transform on a uniform grid of t = sqrt(q)
+    (q in cycles per r_e; zero beyond the table), for a direct-index lookup."""
+    q, F = _dev_table()
+    Q = q * q
+    dF = np.gradient(F, Q)
+    t = np.linspace(0.0, np.sqrt(q[-1]), DEV_T_SAMPLES)
+    return (float(t[1]), np.r_[np.interp(t * t, q, F), 0.0, 0.0].astype(np.float32),
+            np.r_[np.interp(t ** 4, Q, dF), 0.0, 0.0].astype(np.float32))
+
+
+def _profile_q2(family: str, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A round profile's transform G and dG/dQ at Q = (frequency in cycles per r_e)^2."""
+    if family == "psf":
+        return np.ones_like(Q), np.zeros_like(Q)
+    if family in ("rex", "exp"):
+        c = np.float32((2 * np.pi / 1.678) ** 2)
+        t = 1.0 + c * Q
+        g = t ** -1.5
+        return g, np.float32(-1.5) * c * g / t
+    if family == "dev":
+        dt, F, dF = _dev_table_t()
+        x = np.sqrt(np.sqrt(Q)) * np.float32(1.0 / dt)
+        i = np.minimum(x, DEV_T_SAMPLES).astype(np.int32)
+        fr = x - i
+        return F[i] + fr * (F[i + 1] - F[i]), dF[i] + fr * (dF[i + 1] - dF[i])
+    raise ValueError(family)
+
+
+def ellip_model_ccd(p: EllipCcd, sel: np.ndarray, family: str, lnre: np.ndarray,
+                    e1: np.ndarray, e2: np.ndarray, nd: int = 3) -> np.ndarray:
+    """Unit-flux elliptical models of the prepared sources ``sel`` (indices into ``p.idx``)
+    on their cutouts, and their derivatives wrt the first ``nd`` of (ln r_e, e1, e2):
+    (n, 1 + nd, m, m).
+
+    The transform of an elliptical profile is the round one at Q = r_e^2 (|f|^2 (1 + e^2)
+    + 2 (e1 (f_N^2 - f_E^2) + e2 2 f_N f_E)) / (1 - e^2) (f in cycles per arcsec; e1, e2
+    with the axis ratio b/a = (1 - e) / (1 + e) and the major axis at position angle
+    atan2(e2, e1) / 2 east of north, the simulation's and legacypipe's convention)."""
+    n = len(sel)
+    N = p.N
+    nh = N // 2 + 1
+    f4 = np.float32
+    re2 = np.exp(2 * lnre).astype(f4)[:, None]
+    a1, a2 = e1.astype(f4)[:, None], e2.astype(f4)[:, None]
+    s = 1.0 - a1 * a1 - a2 * a2
+    Nn = p.k2 * (1.0 + a1 * a1 + a2 * a2) + 2.0 * (a1 * p.Kc + a2 * p.Ks)
+    Q = re2 * Nn / s
+    G, dG = _profile_q2(family, Q)
+    HdG = p.Hs[sel] * (dG * (re2 / s))
+    vals = np.empty((n, 1 + nd, Q.shape[1]), np.complex64)
+    vals[:, 0] = p.Hs[sel] * G
+    if nd >= 1:
+        vals[:, 1] = HdG * (2 * s / re2 * Q)
+    if nd >= 2:
+        vals[:, 2] = HdG * (2 * a1 * p.k2 + 2 * p.Kc + 2 * a1 * Nn / s)
+    if nd >= 3:
+        vals[:, 3] = HdG * (2 * a2 * p.k2 + 2 * p.Ks + 2 * a2 * Nn / s)
+    folded = np.zeros((n, 1 + nd, N * nh), np.complex128)
+    folded[:, :, p.target] = np.add.reduceat(vals, p.starts, axis=2)
+    img = np.fft.irfft2(folded.reshape(n, 1 + nd, N, nh), s=(N, N))
+    return img[:, :, p.gi][:, :, :, p.gi]
+
+
+@dataclass
+class EllipFit:
+    """Elliptical fits of one family for the sources given."""
+
+    dchisq: np.ndarray       # (n,) signed chi-squared improvement (as :func:`_dchisq`)
+    lnre: np.ndarray
+    e1: np.ndarray
+    e2: np.ndarray
+    ivar: np.ndarray         # (n, 3) marginal inverse variances of (ln r_e, e1, e2)
+    flux: dict
+    flux_ivar: dict
+
+
+def _ellip_sums(preps: list[EllipCcd], bands, n: int, family: str, lnre, e1, e2,
+                active: np.ndarray, nd: int = 3):
+    """Per-band sums over CCDs of the ``active`` sources' models: A, B (n,), C = sum w dP d,
+    D = sum w dP P (n, 3) and E = sum w dP dP^T (n, 3, 3) (zero for the others, and for
+    the derivatives beyond the first ``nd``)."""
+    A = {b: np.zeros(n) for b in bands}
+    B = {b: np.zeros(n) for b in bands}
+    C = {b: np.zeros((n, 3)) for b in bands}
+    D = {b: np.zeros((n, 3)) for b in bands}
+    E = {b: np.zeros((n, 3, 3)) for b in bands}
+    for p in preps:
+        if p.band not in A:
+            continue
+        todo = np.flatnonzero(active[p.idx])
+        for s0 in range(0, len(todo), ELLIP_BATCH):
+            sel = todo[s0:s0 + ELLIP_BATCH]
+            src = p.idx[sel]
+            M = ellip_model_ccd(p, sel, family, lnre[src], e1[src], e2[src], nd)
+            P, dP = M[:, 0], M[:, 1:]
+            civ, wd = p.civ[sel], p.wd[sel]
+            wP = P * civ
+            np.add.at(A[p.band], src, np.einsum("nij,nij->n", P, wP))
+            np.add.at(B[p.band], src, np.einsum("nij,nij->n", P, wd))
+            if nd:
+                c = np.zeros((len(sel), 3))
+                d = np.zeros((len(sel), 3))
+                e = np.zeros((len(sel), 3, 3))
+                c[:, :nd] = np.einsum("nkij,nij->nk", dP, wd)
+                d[:, :nd] = np.einsum("nkij,nij->nk", dP, wP)
+                e[:, :nd, :nd] = np.einsum("nkij,nlij->nkl", dP, dP * civ[:, None])
+                np.add.at(C[p.band], src, c)
+                np.add.at(D[p.band], src, d)
+                np.add.at(E[p.band], src, e)
+    return A, B, C, D, E
+
+
+def _newton(A, B, C, D, E, n: int):
+    """Gradient and (Gauss-Newton, fluxes profiled out) curvature of sum_b B_b^2 / (2 A_b)
+    wrt (ln r_e, e1, e2)."""
+    g = np.zeros((n, 3))
+    H = np.zeros((n, 3, 3))
+    for b in A:
+        ok = A[b] > 0
+        a = np.where(ok, A[b], 1.0)
+        f = np.where(ok, B[b] / a, 0.0)
+        g += f[:, None] * (C[b] - f[:, None] * D[b])
+        H += (f * f)[:, None, None] * (E[b] - D[b][:, :, None] * D[b][:, None, :]
+                                        / a[:, None, None])
+    return g, H
+
+
+def fit_ellipses(preps: list[EllipCcd], bands, n: int, family: str,
+                 lnre0: np.ndarray, round_only: bool = False) -> EllipFit:
+    """Elliptical fits (ln r_e, e1, e2; fluxes forced across each band's CCDs and profiled
+    out) of ``n`` sources from round starts at r_e = exp(lnre0): damped Newton steps on the
+    A, B sums and their shape derivatives, a step halved when the chi-squared gets worse; a
+    source stops once its predicted chi-squared gain is below :data:`ELLIP_TOL`.
+    ``round_only``: e1 = e2 = 0 held (REX); ``family == "psf"``: the PSF model's sums."""
+    bands = list(bands)
+    if family == "psf":
+        A, B = _ellip_sums(preps, bands, n, "psf", np.zeros(n), np.zeros(n), np.zeros(n),
+                           np.ones(n, bool), nd=0)[:2]
+        flux = {b: np.where(A[b] > 0, B[b] / np.where(A[b] > 0, A[b], 1), 0.0) for b in A}
+        return EllipFit(_dchisq(A, B), np.full(n, -np.inf), np.zeros(n), np.zeros(n),
+                        np.zeros((n, 3)), flux, {b: np.maximum(A[b], 0) for b in A})
+    cur = np.zeros((n, 3))
+    cur[:, 0] = np.clip(np.asarray(lnre0, float), *LNRE_RANGE)
+    best = cur.copy()
+    bestS = None
+    bchi = np.full(n, -np.inf)
+    step = np.zeros((n, 3))
+    trust = np.ones(n)
+    pred = np.zeros(n)
+    prev = np.zeros(n)
+    active = np.ones(n, bool)
+    for _ in range(ELLIP_ITERS):
+        S = _ellip_sums(preps, bands, n, family, cur[:, 0], cur[:, 1], cur[:, 2], active,
+                        nd=1 if round_only else 3)
+        chi = _dchisq(S[0], S[1])
+        better = active & (chi >= bchi)
+        best[better] = cur[better]
+        bchi[better] = chi[better]
+        if bestS is None:
+            bestS = S
+        else:
+            for new, old in zip(S, bestS, strict=True):
+                for b in new:
+                    old[b][better] = new[b][better]
+        g, Hm = _newton(*bestS, n)
+        if round_only:
+            g[:, 1:] = 0.0
+            Hm[:, 1:, :] = Hm[:, :, 1:] = 0.0
+            Hm[:, 1, 1] = Hm[:, 2, 2] = 1.0
+        lam = 1e-6 * np.trace(Hm, axis1=1, axis2=2)[:, None, None] + 1e-12
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            try:
+                newstep = np.linalg.solve(Hm + lam * np.eye(3)[None], g[:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:
+                newstep = np.zeros((n, 3))
+            newstep[~np.isfinite(newstep).all(axis=1)] = 0.0
+            gain = np.einsum("nk,nk->n", g, newstep)
+        # a trust region: shrunk after a worse step or a gain below a quarter of the
+        # predicted, grown (to the largest) after one of at least three quarters
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = np.where(pred > 0, (chi - prev) / pred, 1.0)
+        trust = np.where(~better, 0.25 * trust, np.where(
+            rho > 0.75, np.minimum(2 * trust, 1.0), np.where(rho < 0.25, 0.5 * trust, trust)))
+        lim = trust[:, None] * ELLIP_MAXSTEP
+        step = np.where(better[:, None], np.clip(newstep, -lim, lim), 0.5 * step)
+        prev = bchi.copy()
+        # predicted chi-squared gain of the step (quadratic model of 2 x the objective)
+        pred = 2 * np.einsum("nk,nk->n", g, step) - np.einsum("nk,nkl,nl->n", step, Hm, step)
+        trial = best + step
+        e = np.hypot(trial[:, 1], trial[:, 2])
+        trial[:, 1:] *= np.where(e > E_MAX, E_MAX / np.maximum(e, 1e-12), 1.0)[:, None]
+        trial[:, 0] = np.clip(trial[:, 0], *LNRE_RANGE)
+        # done: converged, or the step (held at the bounds) is nothing
+        active &= ~(better & (gain < ELLIP_TOL)) & (np.abs(trial - best).max(axis=1) > 1e-4)
+        if not active.any():
+            break
+        cur = np.where(active[:, None], trial, best)
+    _, Hm = _newton(*bestS, n)
+    if round_only:
+        Hm[:, 1:, :] = Hm[:, :, 1:] = 0.0
+        Hm[:, 1, 1] = Hm[:, 2, 2] = 1.0
+    ivar = np.zeros((n, 3))
+    det_ok = np.linalg.det(Hm) > 0
+    if det_ok.any():
+        cov = np.linalg.inv(Hm[det_ok])
+        with np.errstate(divide="ignore"):
+            ivar[det_ok] = 1.0 / np.diagonal(cov, axis1=1, axis2=2)
+    ivar[~np.isfinite(ivar) | (ivar < 0)] = 0.0
+    if round_only:
+        ivar[:, 1:] = 0.0
+    A, B = bestS[0], bestS[1]
+    flux = {b: np.where(A[b] > 0, B[b] / np.where(A[b] > 0, A[b], 1), 0.0) for b in A}
+    fiv = {b: np.maximum(A[b], 0) for b in A}
+    return EllipFit(bchi, best[:, 0], best[:, 1], best[:, 2], ivar, flux, fiv)
+
+
+def circularised_radius(shape_r: np.ndarray, e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+    """sqrt(a b) of the ellipse whose major half-light radius is ``shape_r`` (DR9's SHAPE_R)
+    and whose axis ratio is b/a = (1 - e) / (1 + e)."""
+    e = np.minimum(np.hypot(e1, e2), 0.99)
+    return shape_r * np.sqrt((1 - e) / (1 + e))
+
+
+def apply_ellipses(fit: FitResult, gi: np.ndarray, fits: dict[str, EllipFit]) -> None:
+    """Choose among PSF, REX, EXP and DEV for the sources ``gi`` from their fits on the
+    Voronoi-weighted cutouts (``fits``: "psf", "rex", "exp", "dev"; :func:`fit_ellipses`)
+    as legacypipe's ``_select_model``: PSF or REX kept as in :func:`choose_models`, then
+    EXP or DEV when better than the kept model by max(3^2 + extra parameters, 1 % of the PSF
+    dchisq). ``fit`` is updated in place (type, the four dchisq columns, shapes, fluxes)."""
+    dpsf, drex = fits["psf"].dchisq, fits["rex"].dchisq
+    dexp, ddev = fits["exp"].dchisq, fits["dev"].dchisq
+    rex = (drex - NPARAMS["rex"] > dpsf - NPARAMS["psf"]) & (drex - dpsf >= 0.01 * np.maximum(
+        dpsf, 0))
+    kept = np.where(rex, drex, dpsf)
+    cut = np.maximum(3.0 ** 2 + NPARAMS_ELLIP - NPARAMS["psf"], 0.01 * np.maximum(dpsf, 0))
+    expdiff, devdiff = dexp - kept, ddev - kept
+    exp = (expdiff > cut) & (expdiff >= devdiff)
+    dev = (devdiff > cut) & ~exp
+    rex &= ~exp & ~dev
+    for col, fam in enumerate(("psf", "rex", "dev", "exp")):
+        fit.dchisq[gi, col] = fits[fam].dchisq
+    fit.type[gi] = np.where(exp, "EXP", np.where(dev, "DEV", np.where(rex, "REX", "PSF")))
+    for sel, ef in ((exp, fits["exp"]), (dev, fits["dev"]), (rex, fits["rex"])):
+        j = gi[sel]
+        # fitted: the circularised radius (smooth in e1, e2); written: the major axis's, the
+        # Tractor's and DR9's SHAPE_R
+        e = np.minimum(np.hypot(ef.e1[sel], ef.e2[sel]), 0.99)
+        re = np.exp(ef.lnre[sel]) * np.sqrt((1 + e) / (1 - e))
+        fit.shape_r[j] = re
+        fit.shape_r_ivar[j] = ef.ivar[sel, 0] / (re * re)
+        fit.shape_e1[j] = ef.e1[sel]
+        fit.shape_e2[j] = ef.e2[sel]
+        fit.shape_e1_ivar[j] = ef.ivar[sel, 1]
+        fit.shape_e2_ivar[j] = ef.ivar[sel, 2]
+        for b in fit.flux:
+            fit.flux[b][j] = ef.flux[b][sel]
+            fit.flux_ivar[b][j] = ef.flux_ivar[b][sel]
+    j = gi[~rex & ~exp & ~dev]
+    fit.shape_r[j] = 0.0
+    fit.shape_r_ivar[j] = 0.0
+    for b in fit.flux:
+        fit.flux[b][j] = fit.flux_psf[b][j]

@@ -13,10 +13,12 @@ Steps (``run_runbrick``):
    the coadd images in forked processes while the next steps run;
 4. detect on a flat-SED matched-filter S/N map with the brick's Gaia point sources as
    existing sources (:mod:`.detect`, :mod:`.refstars`);
-5. forced PSF photometry and PSF/REX/DEV light-profile fits on every CCD (threads again;
-   the calibrated CCD pixels are kept in memory from step 3 when the memory limit allows,
-   as legacypipe keeps its tims, else read again, e.g. after resuming), a joint position
-   step, and aperture photometry on the coadds (:mod:`.photometry`, :mod:`.galfit`);
+5. forced PSF photometry and round PSF/REX/DEV light-profile fits on every CCD (threads
+   again; the calibrated CCD pixels are kept in memory from step 3 when the memory limit
+   allows, as legacypipe keeps its tims, else read again, e.g. after resuming), a joint
+   position step, elliptical EXP/DEV fits of the sources the round fits call galaxies
+   (their cutouts taken in one more pass over the CCDs), and aperture photometry on the
+   coadds (:mod:`.photometry`, :mod:`.galfit`);
 6. write the coadds, maskbits, depth histograms, ccds table, JPEG, blob map,
    then the tractor catalogue and ``brick-<brick>.sha256sum`` (:mod:`.brickio`).
 
@@ -25,8 +27,8 @@ Each step is timed as a phase (:mod:`lsdask.phases`, in ``timings`` of the summa
 resample and accumulate: one step, interleaved across the worker processes),
 ``checkpoint``, ``detect``, ``photometry`` and ``write``.
 
-This is not legacypipe's runbrick: no Tractor (sources are fitted one at a time, galaxies
-are round), no WISE forced photometry, no dust map (``ebv`` is 0 and ``mw_transmission``
+This is not legacypipe's runbrick: no Tractor (sources are fitted one at a time, no
+Sersic model), no WISE forced photometry, no dust map (``ebv`` is 0 and ``mw_transmission``
 1; header ``EBVMAP = 'none'``).
 
 Test hook: with environment variable ``LSDASK_RUNBRICK_TEST_KILL_AFTER=coadds``
@@ -71,9 +73,14 @@ from .photometry import (
     forced_phot_ccd,
     fracflux,
     gaussian_model_image,
+    point_source_model,
 )
 
 log = logging.getLogger(__name__)
+
+#: Refine the sources the round fits call galaxies with elliptical EXP / DEV fits (False:
+#: the round PSF / REX / DEV fits only; for benchmarks).
+ELLIPTICAL_FITS = True
 
 KILL_ENV = "LSDASK_RUNBRICK_TEST_KILL_AFTER"
 DEFAULT_KERNEL = "lanczos3"
@@ -442,15 +449,27 @@ def _subtract_sky(im: CcdImage, co_sky: dict[str, float]) -> None:
     im.img[im.ivar > 0] -= np.float32(co_sky.get(im.band, 0.0))
 
 
-def _phot_ccd(im: CcdImage, ra, dec, final: bool):
+def _phot_ccd(im: CcdImage, ra, dec, final: bool | tuple):
     """One CCD's PSF-model sums (first pass, for positions), or its forced PSF photometry
-    and every model's sums (``final`` pass, at the fitted positions)."""
+    and every model's sums (``final`` pass, at the fitted positions), or with ``final =
+    ("ellip", targets, measured)`` its :class:`~.galfit.EllipCcd` for the elliptical fits
+    of the sources ``targets`` that its forced photometry measured (``measured[row]``)."""
+    if isinstance(final, tuple):  # ("ellip", targets, {ccd row: measured}, point sources)
+        _, targets, measured, points = final
+        usable = measured[im.row][targets] if im.row in measured else np.zeros(len(targets),
+                                                                                bool)
+        if points is not None and im.band in points[2]:
+            # the point sources' models (wings included) out of the pixels first
+            pra, pdec, pflux = points
+            im = dataclasses.replace(im, img=im.img - point_source_model(
+                im, pra, pdec, pflux[im.band]))
+        return im.band, None, galfit.ellip_prep_ccd(im, ra, dec, targets, usable)
     if final:
         return im.band, forced_phot_ccd(im, ra, dec), galfit.model_sums_ccd(im, ra, dec)
     return im.band, None, galfit.model_sums_ccd(im, ra, dec, psf_only=True)
 
 
-def _phot_one(layout, sel, i, wcs, ra, dec, final: bool, co_sky: dict[str, float]):
+def _phot_one(layout, sel, i, wcs, ra, dec, final: bool | tuple, co_sky: dict[str, float]):
     im: CcdImage | None = read_ccd_image(layout, sel[i], i, wcs)
     if im is None:
         return None
@@ -458,7 +477,7 @@ def _phot_one(layout, sel, i, wcs, ra, dec, final: bool, co_sky: dict[str, float
     return _phot_ccd(im, ra, dec, final)
 
 
-def _ccd_passes(layout, sel, wcs, images, threads: int, ra, dec, final: bool,
+def _ccd_passes(layout, sel, wcs, images, threads: int, ra, dec, final: bool | tuple,
                 co_sky: dict[str, float]):
     """The per-CCD results of one pass, in CCD order (threads; scipy releases the GIL)."""
     if images is not None:
@@ -560,11 +579,14 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         # masks, nobs, rchisq) and light-profile fits (PSF / REX / DEV) forced across each
         # band's CCDs, then the second position step (fluxes stay those of pass 2)
         sums = _Sums(coadds, n, galfit.n_models())
+        measured = {}  # CCD row -> the sources it counts in nobs (and may fit as galaxies)
         for band, ph, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, True,
                                         co_sky):
             if band in accs:
                 accumulate(accs[band], ph)
             sums.add(ms)
+            measured[ph.row] = np.zeros(n, bool)
+            measured[ph.row][ph.idx[ph.iv > 0]] = True
         sat0 = np.zeros(n, bool)
         for c in coadds.values():
             sat0 |= c["satur"][np.clip(np.rint(y).astype(int), 0, wcs.height - 1),
@@ -578,11 +600,36 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         cat["brick_primary"] = brick.contains(ra, dec)
         cat["ra_ivar"] = ivE * 3600.0 ** 2
         cat["dec_ivar"] = ivN * 3600.0 ** 2
+        # elliptical EXP / DEV fits of the sources the round fits call galaxies (at the
+        # final positions), then legacypipe's choice among PSF, REX, EXP and DEV
+        # (only those kept: the others are dropped from the catalogue whatever their fit)
+        gi = np.flatnonzero((fit.type != "PSF") & fit.keep)
+        if gi.size and ELLIPTICAL_FITS:
+            t0 = time.time()
+            # the sources typed PSF are subtracted from the pixels (with their forced
+            # fluxes): a bright star's halo would otherwise make its neighbours large galaxies
+            pi = np.flatnonzero(fit.type == "PSF")
+            points = (ra[pi], dec[pi], {b: band_results(accs[b])["flux"][pi] for b in accs})
+            preps = [p for _, _, p in _ccd_passes(layout, sel, wcs, images, threads, ra, dec,
+                                                  ("ellip", gi, measured, points), co_sky)
+                     if p is not None]
+            t1 = time.time()
+            bands_ = list(coadds)
+            fits = {"psf": galfit.fit_ellipses(preps, bands_, gi.size, "psf", None)}
+            for fam, start in (("rex", "rex"), ("exp", "rex"), ("dev", "dev")):
+                fits[fam] = galfit.fit_ellipses(preps, bands_, gi.size, fam,
+                                                np.log(fit.families[start][1][gi]),
+                                                round_only=fam == "rex")
+            galfit.apply_ellipses(fit, gi, fits)
+            log.info("elliptical fits of %d sources: %.1f s (%.1f s preparing)", gi.size,
+                     time.time() - t0, t1 - t0)
     pixscale = wcs.pixscale
     ix = np.clip(np.rint(x).astype(int), 0, wcs.width - 1)
     iy = np.clip(np.rint(y).astype(int), 0, wcs.height - 1)
     is_gal = (fit.type != "PSF") if n else np.zeros(0, bool)
-    shape_r = fit.shape_r if n else np.zeros(0, np.float32)
+    # the circularised half-light radius sizes the round Gaussian stand-ins of the models
+    shape_r = galfit.circularised_radius(fit.shape_r, fit.shape_e1, fit.shape_e2) if n else \
+        np.zeros(0, np.float32)
     mjd_min = np.full(n, np.inf)
     mjd_max = np.full(n, -np.inf)
     models = {}
@@ -632,6 +679,8 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         cat["type"] = fit.type.astype("S3")
         cat["shape_r"] = fit.shape_r
         cat["shape_r_ivar"] = fit.shape_r_ivar
+        for k in ("shape_e1", "shape_e1_ivar", "shape_e2", "shape_e2_ivar"):
+            cat[k] = getattr(fit, k)
         cat["dchisq"] = fit.dchisq
     for b in OPTICAL_BANDS:
         if b not in coadds:
