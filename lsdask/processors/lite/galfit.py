@@ -1,5 +1,6 @@
 """Light-profile fits of detected sources: PSF, REX (round exponential) and round de
-Vaucouleurs models, each convolved with every CCD's own PSF, fluxes forced across CCDs.
+Vaucouleurs models, then elliptical EXP and DEV models of the sources these call galaxies,
+each convolved with every CCD's own PSF, fluxes forced across CCDs.
 
 For every source and every model on a grid of half-light radii, each CCD contributes the
 sums ``A = sum(w P^2)`` and ``B = sum(w P d)`` over the source's cutout (``P`` the unit-flux
