@@ -120,6 +120,24 @@ def psf_stamps(model, x: np.ndarray, y: np.ndarray, r: int) -> np.ndarray | None
     return full[:, c - r:c + r + 1, c - r:c + r + 1].astype(np.float32)
 
 
+def shifted_psf_stamps(im, xs: np.ndarray, ys: np.ndarray, r: int, P: np.ndarray
+                       ) -> np.ndarray:
+    """Unit PSF stamps (2 r + 1 square) of sources at CCD pixel positions ``xs, ys``, each
+    centred on its nearest pixel with its sub-pixel offset: per-source PsfEx stamps where the
+    model varies (else ``P``, the CCD's one stamp) shifted in Fourier space; a finely sampled
+    model of an undersampled PSF is shifted on its fine grid, then sampled (a Fourier shift
+    of an aliased native-pixel stamp would lose flux)."""
+    ix, iy = np.rint(xs).astype(np.int64), np.rint(ys).astype(np.int64)
+    dx, dy = xs - ix, ys - iy
+    model = im.psfmodel
+    if model is not None and getattr(model, "_fine", 0):
+        return np.stack([model.stamp(float(px), float(py), float(ox), float(oy), half=r)
+                         for px, py, ox, oy in zip(ix + im.x0, iy + im.y0, dx, dy,
+                                                   strict=True)]).astype(np.float32)
+    Ps = psf_stamps(model, xs + im.x0, ys + im.y0, r)
+    return fourier_shift(P if Ps is None else Ps, dx, dy)
+
+
 def forced_phot_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray) -> CcdPhot:
     """PSF-weighted forced photometry of all sources at (ra, dec) on one CCD."""
     x, y = im.wcs.sky_to_pix(ra, dec)
@@ -142,17 +160,7 @@ def forced_phot_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray) -> CcdPhot:
                        np.zeros(0, bool), np.zeros(0, np.int32), im.mjd)
     xs, ys = x[idx], y[idx]
     ix, iy = np.rint(xs).astype(np.int64), np.rint(ys).astype(np.int64)
-    dx, dy = xs - ix, ys - iy
-    model = im.psfmodel
-    if model is not None and getattr(model, "_fine", 0):
-        # finely sampled model of an undersampled PSF: shift on the fine grid, then sample
-        # (a Fourier shift of an aliased native-pixel stamp would lose flux)
-        stamps = np.stack([model.stamp(float(px), float(py), float(ox), float(oy), half=r)
-                           for px, py, ox, oy in zip(ix + im.x0, iy + im.y0, dx, dy,
-                                                     strict=True)]).astype(np.float32)
-    else:
-        Ps = psf_stamps(model, xs + im.x0, ys + im.y0, r)
-        stamps = fourier_shift(P if Ps is None else Ps, dx, dy)
+    stamps = shifted_psf_stamps(im, xs, ys, r, P)
     # cutouts from the zero-padded CCD arrays
     img = np.pad(im.img, r)
     ivar = np.pad(im.ivar, r)
@@ -347,15 +355,7 @@ def point_source_model(im, ra: np.ndarray, dec: np.ndarray, flux: np.ndarray) ->
         return out[pad:pad + h, pad:pad + w]
     xs, ys = x[idx], y[idx]
     ix, iy = np.rint(xs).astype(np.int64), np.rint(ys).astype(np.int64)
-    dx, dy = xs - ix, ys - iy
-    model = im.psfmodel
-    if model is not None and getattr(model, "_fine", 0):
-        stamps = np.stack([model.stamp(float(px), float(py), float(ox), float(oy), half=r)
-                           for px, py, ox, oy in zip(ix + im.x0, iy + im.y0, dx, dy,
-                                                     strict=True)]).astype(np.float32)
-    else:
-        Ps = psf_stamps(model, xs + im.x0, ys + im.y0, r)
-        stamps = fourier_shift(im.psf.astype(np.float32) if Ps is None else Ps, dx, dy)
+    stamps = shifted_psf_stamps(im, xs, ys, r, im.psf.astype(np.float32))
     n = stamps.shape[-1]
     rr = n // 2
     stamps = stamps * flux[idx, None, None].astype(np.float32)
