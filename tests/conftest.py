@@ -30,6 +30,34 @@ def tmp_release(tmp_path):
     return ReleaseLayout(tmp_path / "survey", tmp_path / "release", name="test")
 
 
+@pytest.fixture(scope="session")
+def demo_release(tmp_path_factory):
+    """A small demo release made by the whole lite chain (calibs, zeropoints, runbrick,
+    sweeps) on a local Dask cluster: the demo's bottom-left corner with all three bands
+    (ELG and BGS need g, r and z), south of desitarget's north/south line (Dec 32.375) as
+    DECam ('S') targets must be. Its survey holds the simulation's truth."""
+    from distributed import Client
+
+    from lsdask.demo import DemoSettings, run_demo
+    from lsdask.jobqueue import make_cluster
+    from lsdask.release import Release
+
+    settings = DemoSettings(ramin=180.0, ramax=180.35, decmin=32.0, decmax=32.35,
+                            bands=("g", "r", "z"), name="clients")
+    # desitarget's listings skip any folder whose *path* holds 'log', 'tractor', 'sweep' ...:
+    # the base name here holds none of them
+    d = tmp_path_factory.mktemp("dtclients")
+    cluster = make_cluster("local", n_workers=2)
+    try:
+        with Client(cluster) as client:
+            s = run_demo(d, client=client, settings=settings, progress=False,
+                         echo=lambda m: None)
+    finally:
+        cluster.close()
+    assert s["ok"], s["status"]
+    return Release.from_config(d / "release.toml")
+
+
 def pytest_terminal_summary(terminalreporter):
     """The fault suite's figures line, when it ran."""
     from lsdask.testing.faults import FIGURES

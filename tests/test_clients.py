@@ -4,7 +4,8 @@ desitarget (PyPI, a test dependency) on a small demo release made by the lite ch
 ``read_tractor`` on the tractor catalogues and the sweeps, its file listings on the release
 tree, and ``select_targets`` on the sweeps against ``select_targets`` on the simulation's truth
 written in the same sweep format, noise-free and with the release's own noise (what a flawless
-pipeline would select at this depth). One release for the module (~1 min on 2 cores).
+pipeline would select at this depth). One release for the session (``demo_release`` in
+conftest.py, ~2 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -19,34 +20,11 @@ from desitarget.cuts import select_targets
 from desitarget.targetmask import bgs_mask, desi_mask
 from distributed import Client
 
-from lsdask.demo import DemoSettings, run_demo
-from lsdask.jobqueue import make_cluster
 from lsdask.release import Release
 from lsdask.survey.bricks import brick_grid
 from lsdask.survey.sweeps import EXTNAME, box_of, read_sweep, to_sweep
 from lsdask.survey.tractor import OPTICAL_BANDS, empty_tractor
 from lsdask.survey.wcs import TanWCS
-
-#: The demo's bottom-left corner with all three bands (ELG and BGS need g, r and z), south
-#: of desitarget's north/south line (Dec 32.375) as DECam ('S') targets must be.
-SETTINGS = DemoSettings(ramin=180.0, ramax=180.35, decmin=32.0, decmax=32.35,
-                        bands=("g", "r", "z"), name="clients")
-
-
-@pytest.fixture(scope="module")
-def demo_release(tmp_path_factory) -> Release:
-    # desitarget's listings skip any folder whose *path* holds 'log', 'tractor', 'sweep' ...:
-    # the base name here holds none of them
-    d = tmp_path_factory.mktemp("dtclients")
-    cluster = make_cluster("local", n_workers=2)
-    try:
-        with Client(cluster) as client:
-            s = run_demo(d, client=client, settings=SETTINGS, progress=False,
-                         echo=lambda m: None)
-    finally:
-        cluster.close()
-    assert s["ok"], s["status"]
-    return Release.from_config(d / "release.toml")
 
 
 def _bricks(rel: Release) -> list[str]:

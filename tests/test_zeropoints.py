@@ -61,6 +61,28 @@ def test_zeropoints_match_truth(tmp_path_factory):
     assert run_zeropoints(layout, files[0], None)["skipped"] is True
 
 
+def test_coarse_pixels_among_compact_galaxies(tmp_path):
+    """At the demo's 1"/px with 1.3-1.6" seeing, compact galaxies pass the stars' size cut;
+    each CCD's PSF stars are clipped on their own Moffat FWHM so none tilts its PSF model.
+    Two z exposures, 15,000 galaxies per deg^2. Measured: max |zpt - truth| 0.0062 mag;
+    0.0175 (four CCDs > 0.01) without the clip."""
+    from lsdask.simulate import SimConfig, simulate_survey
+
+    layout = ReleaseLayout(tmp_path / "survey", tmp_path / "release", name="coarse")
+    cfg = SimConfig(ramin=180.0, ramax=180.3, decmin=32.0, decmax=32.3, bands=("z",),
+                    pixscale=1.0, galaxy_density=15000.0, fwhm_range=(1.3, 1.6), seed=1)
+    files = simulate_survey(layout.survey_dir, cfg)["image_filenames"]
+    for f in files:
+        run_calibs(layout, f, None)
+        run_zeropoints(layout, f, None)
+    ccdt = fitsio.read(layout.truth, ext="CCDS")
+    z = _rows(layout, files)
+    assert len(z) == 8
+    dz = [r["ccdzpt"] - ccdt[(ccdt["image_filename"] == r["image_filename"])
+                             & (ccdt["ccdname"] == r["ccdname"])][0]["zpt"] for r in z]
+    assert np.max(np.abs(dz)) < 0.01, dz
+
+
 def test_merge(tmp_path_factory):
     layout, res, *_ = sim_survey(tmp_path_factory)
     table = merge_ccd_files([layout.zeropoints(f) for f in res["image_filenames"]])

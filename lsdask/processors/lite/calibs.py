@@ -6,7 +6,8 @@ stored in legacypipe's splinesky format (``gridvals, xgrid, ygrid, x0, y0,
 order, sky_med, sky_john, sig1, percentiles ...``), one row per CCD.
 
 PSF: bright, unsaturated, isolated, compact detections (neighbours masked with the
-segmentation map) are fitted with circular Moffats for their centres, then jointly
+segmentation map) are fitted with circular Moffats for their centres (those whose FWHM
+strays from the others', compact galaxies where pixels are coarse, are dropped), then jointly
 (each with its own flux and sky pedestal) for one beta and a FWHM linear in position
 (degree 0 with fewer than 15 stars). The exposure's beta is the error-weighted mean
 of its CCDs' betas, and each CCD's FWHM is refitted at it (a CCD fitted alone on the
@@ -51,6 +52,7 @@ from .psfphot import (
 log = logging.getLogger(__name__)
 
 PSF_HALF = 31  # 63 x 63 stamps, as legacypipe's PsfEx models
+N_PSF_STARS = 25  # the brightest usable stars a CCD's PSF is fitted to
 LEGPIPEV = "lsdask-lite"
 
 
@@ -171,7 +173,7 @@ def _star_candidates(ccd: CcdData, sub: np.ndarray, half: int) -> np.ndarray:
                                  0.5, seg_id=cand["segid"], segmap=seg, mask=bad, subpix=5)
         ref = np.percentile(r50, 25)
         cand = cand[(r50 > 0.8 * ref) & (r50 < 1.2 * ref)]
-    return cand[np.argsort(-cand["flux"])][:25], seg
+    return cand[np.argsort(-cand["flux"])][:2 * N_PSF_STARS], seg
 
 
 def _stamp_ivar(ccd: CcdData, seg: np.ndarray, sl, segid: int) -> np.ndarray:
@@ -215,12 +217,13 @@ def psf_stars(ccd: CcdData, sub: np.ndarray, pixscale: float) -> PsfStars:
         if f.ok and np.isfinite(f.fwhm) and f.chi2 < 10:
             fits.append(f)
             pos.append((ix + f.dx, iy + f.dy, c["segid"]))
+    fits, pos = _clip_fwhm(fits, pos)
     if len(fits) < 3:
         raise ValueError(f"only {len(fits)} PSF stars could be fitted")
     polzero = ((w + 1) / 2.0, (h + 1) / 2.0)
     polscal = (float(w), float(h))
     stamps, ivs, offs, uv = [], [], [], []
-    for p in pos[:25]:
+    for p in pos[:N_PSF_STARS]:
         ix, iy = int(round(p[0])), int(round(p[1]))
         sl = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
         stamps.append(sub[sl])
@@ -232,6 +235,22 @@ def psf_stars(ccd: CcdData, sub: np.ndarray, pixscale: float) -> PsfStars:
                     fwhm0=float(np.median([f.fwhm for f in fits])),
                     beta0=float(np.clip(np.median([f.beta for f in fits]), 2.0, 6.0)),
                     loaded=len(cand), chi2=float(np.median([f.chi2 for f in fits])))
+
+
+def _clip_fwhm(fits: list, pos: list) -> tuple[list, list]:
+    """The star fits whose own FWHM is within max(4 robust sigma, 5 %) of their median.
+
+    Compact galaxies pass the half-light-radius cut where pixels are coarse (an r_e = 0.5"
+    galaxy at 1"/px and 1.6" seeing fits a 20 % wider Moffat); two of them on one side of a
+    CCD tilted its FWHM plane by 8 % and its PSF fluxes by 3 %."""
+    if len(fits) < 5:
+        return fits, pos
+    fw = np.array([f.fwhm for f in fits])
+    med = np.median(fw)
+    tol = max(4 * 1.4826 * np.median(np.abs(fw - med)), 0.05 * med)
+    keep = np.abs(fw - med) <= tol
+    return [f for f, k in zip(fits, keep, strict=True) if k], \
+        [p for p, k in zip(pos, keep, strict=True) if k]
 
 
 def fit_shape(stars: PsfStars, beta: float | None = None) -> MoffatShape:

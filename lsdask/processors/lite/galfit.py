@@ -17,8 +17,8 @@ Fourier transform times the profile's analytic (exponential) or tabulated (de
 Vaucouleurs Hankel transform) one, then cubic-spline sampled at each source's sub-pixel
 pixel centres, so undersampled PSFs are handled exactly as in forced PSF photometry.
 One PSF per CCD (at the centre of its overlap with the brick) is used for all models.
-Sources are fitted one at a time at fixed positions (no simultaneous fit of
-blends).
+Sources are fitted one at a time at fixed positions, with the other sources subtracted
+as point sources (``others``: runbrick's blend passes), not fitted simultaneously.
 
 Elliptical fits (:func:`fit_ellipses`, legacypipe's EXP and DEV): the sources the round
 fits call galaxies are refined in (ln r_e, e1, e2) with the fluxes profiled out, by damped
@@ -156,12 +156,16 @@ class ModelSums:
     U: np.ndarray | None = None  # (n, 2): sum w dP d  (PSF model; dP: gradient wrt the
     V: np.ndarray | None = None  # (n, 2): sum w dP P   source's east/north offset, arcsec)
     M: np.ndarray | None = None  # (n, 2, 2): sum w dP dP^T
+    B0: np.ndarray | None = None  # (n,): the PSF's B on the pixels with no source subtracted
+    pairs: tuple | None = None  # (i, j, sum w P_i P_j): sources whose cutouts overlap
 
 
 def model_sums_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray,
-                   psf_only: bool = False) -> ModelSums:
+                   psf_only: bool = False, others=None) -> ModelSums:
     """The A and B sums of every model (only the PSF's with ``psf_only``) and the PSF
-    model's position sums for the sources at (ra, dec) on one CCD."""
+    model's position sums for the sources at (ra, dec) on one CCD (with ``others``, a
+    :class:`~.photometry.PointModel` of the same sources, each with all the others
+    subtracted)."""
     from scipy.ndimage import map_coordinates
 
     x, y = im.wcs.sky_to_pix(ra, dec)
@@ -195,7 +199,8 @@ def model_sums_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray,
     rows = (iy[:, None] + off[None, :])[:, :, None]
     cols = (ix[:, None] + off[None, :])[:, None, :]
     civ = ivar[rows, cols].astype(float)
-    wd = civ * img[rows, cols]
+    cut = img[rows, cols] if others is None else img[rows, cols] - others.others(idx, r)
+    wd = civ * cut
     A = np.zeros((n, K))
     B = np.zeros((n, K))
 
@@ -225,7 +230,30 @@ def model_sums_ccd(im: CcdImage, ra: np.ndarray, dec: np.ndarray,
     M[:, 0, 0] = np.einsum("nij,nij,nij->n", dE, dE, civ)
     M[:, 1, 1] = np.einsum("nij,nij,nij->n", dN, dN, civ)
     M[:, 0, 1] = M[:, 1, 0] = np.einsum("nij,nij,nij->n", dE, dN, civ)
-    return ModelSums(im.band, idx, A, B, U, V, M)
+    if not psf_only:
+        return ModelSums(im.band, idx, A, B, U, V, M)
+    # for a simultaneous fit of the PSF fluxes: the data's own B and the overlaps
+    B0 = B[:, 0] if others is None else np.einsum("nij,nij->n", P0, civ * img[rows, cols])
+    return ModelSums(im.band, idx, A, B, U, V, M, B0, _overlaps(P0, civ, ix, iy, r, idx))
+
+
+def _overlaps(P: np.ndarray, civ: np.ndarray, ix: np.ndarray, iy: np.ndarray, r: int,
+              idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, sum w P_i P_j) over the pixels shared by the cutouts (radius ``r``, centred on
+    pixels ``ix, iy``) of each pair of sources ``idx`` whose cutouts overlap."""
+    from scipy.spatial import cKDTree
+
+    if len(ix) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    pairs = cKDTree(np.c_[ix, iy]).query_pairs(2 * r, p=np.inf, output_type="ndarray")
+    m = 2 * r + 1
+    vals = np.empty(len(pairs))
+    for k, (a, b) in enumerate(pairs):
+        dx, dy = int(ix[b] - ix[a]), int(iy[b] - iy[a])
+        ya, xa = slice(max(0, dy), m + min(0, dy)), slice(max(0, dx), m + min(0, dx))
+        yb, xb = slice(max(0, -dy), m + min(0, -dy)), slice(max(0, -dx), m + min(0, -dx))
+        vals[k] = np.sum(P[a, ya, xa] * P[b, yb, xb] * civ[a, ya, xa])
+    return idx[pairs[:, 0]], idx[pairs[:, 1]], vals
 
 
 def _jacobian(im: CcdImage, ra: float, dec: float) -> np.ndarray:

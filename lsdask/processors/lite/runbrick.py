@@ -13,12 +13,14 @@ Steps (``run_runbrick``):
    the coadd images in forked processes while the next steps run;
 4. detect on a flat-SED matched-filter S/N map with the brick's Gaia point sources as
    existing sources (:mod:`.detect`, :mod:`.refstars`);
-5. forced PSF photometry and round PSF/REX/DEV light-profile fits on every CCD (threads
-   again; the calibrated CCD pixels are kept in memory from step 3 when the memory limit
-   allows, as legacypipe keeps its tims, else read again, e.g. after resuming), a joint
-   position step, elliptical EXP/DEV fits of the sources the round fits call galaxies
-   (their cutouts taken in one more pass over the CCDs), and aperture photometry on the
-   coadds (:mod:`.photometry`, :mod:`.galfit`);
+5. joint position steps with the PSF model over every CCD, from the second on with every
+   other source subtracted as a point source (blends; ``BLEND_PASSES``), then forced PSF
+   photometry and round PSF/REX/DEV light-profile fits on every CCD, the others still
+   subtracted (threads again; the calibrated CCD pixels are kept in memory from step 3
+   when the memory limit allows, as legacypipe keeps its tims, else read again, e.g.
+   after resuming), a last position step, elliptical EXP/DEV fits of the sources the
+   round fits call galaxies (their cutouts taken in one more pass over the CCDs), and
+   aperture photometry on the coadds (:mod:`.photometry`, :mod:`.galfit`);
 6. write the coadds, maskbits, depth histograms, ccds table, JPEG, blob map,
    then the tractor catalogue and ``brick-<brick>.sha256sum`` (:mod:`.brickio`).
 
@@ -27,9 +29,9 @@ Each step is timed as a phase (:mod:`lsdask.phases`, in ``timings`` of the summa
 resample and accumulate: one step, interleaved across the worker processes),
 ``checkpoint``, ``detect``, ``photometry`` and ``write``.
 
-This is not legacypipe's runbrick: no Tractor (sources are fitted one at a time, no
-Sersic model), no WISE forced photometry, no dust map (``ebv`` is 0 and ``mw_transmission``
-1; header ``EBVMAP = 'none'``).
+This is not legacypipe's runbrick: no Tractor (sources are fitted one at a time with
+their neighbours subtracted, not simultaneously; no Sersic model), no WISE forced
+photometry, no dust map (``ebv`` is 0 and ``mw_transmission`` 1; header ``EBVMAP = 'none'``).
 
 Test hook: with environment variable ``LSDASK_RUNBRICK_TEST_KILL_AFTER=coadds``
 the process SIGKILLs itself right after writing the coadds checkpoint (used by
@@ -73,7 +75,7 @@ from .photometry import (
     forced_phot_ccd,
     fracflux,
     gaussian_model_image,
-    point_source_model,
+    point_model,
 )
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,14 @@ log = logging.getLogger(__name__)
 #: Refine the sources the round fits call galaxies with elliptical EXP / DEV fits (False:
 #: the round PSF / REX / DEV fits only; for benchmarks).
 ELLIPTICAL_FITS = True
+#: Measure each source with the others subtracted as point sources from the second pass on
+#: (False: every source alone, as a fit of isolated sources; for benchmarks), and the
+#: passes over the CCDs between the first position step and the final pass that do so.
+SUBTRACT_NEIGHBOURS = True
+BLEND_PASSES = 2
+
+#: No new detections this close to a reference source (legacypipe: 4 pixels of 0.262").
+REF_EXCLUSION_ARCSEC = 4 * 0.262
 
 KILL_ENV = "LSDASK_RUNBRICK_TEST_KILL_AFTER"
 DEFAULT_KERNEL = "lanczos3"
@@ -449,44 +459,58 @@ def _subtract_sky(im: CcdImage, co_sky: dict[str, float]) -> None:
     im.img[im.ivar > 0] -= np.float32(co_sky.get(im.band, 0.0))
 
 
-def _phot_ccd(im: CcdImage, ra, dec, final: bool | tuple):
-    """One CCD's PSF-model sums (first pass, for positions), or its forced PSF photometry
-    and every model's sums (``final`` pass, at the fitted positions), or with ``final =
-    ("ellip", targets, measured)`` its :class:`~.galfit.EllipCcd` for the elliptical fits
-    of the sources ``targets`` that its forced photometry measured (``measured[row]``)."""
-    if isinstance(final, tuple):  # ("ellip", targets, {ccd row: measured}, point sources)
-        _, targets, measured, points = final
-        usable = measured[im.row][targets] if im.row in measured else np.zeros(len(targets),
-                                                                                bool)
-        if points is not None and im.band in points[2]:
-            # the point sources' models (wings included) out of the pixels first
-            pra, pdec, pflux = points
-            im = dataclasses.replace(im, img=im.img - point_source_model(
-                im, pra, pdec, pflux[im.band]))
-        return im.band, None, galfit.ellip_prep_ccd(im, ra, dec, targets, usable)
-    if final:
-        return im.band, forced_phot_ccd(im, ra, dec), galfit.model_sums_ccd(im, ra, dec)
-    return im.band, None, galfit.model_sums_ccd(im, ra, dec, psf_only=True)
+@dataclasses.dataclass(frozen=True)
+class _Pass:
+    """What one pass over the CCDs measures: ``"positions"`` (the PSF model's sums, for a
+    position step), ``"final"`` (forced PSF photometry and every model's sums) or
+    ``"ellip"`` (the :class:`~.galfit.EllipCcd` cutouts of the sources ``targets`` that
+    the CCD's forced photometry measured, ``measured[ccd row]``). ``points = (ra, dec,
+    {band: flux})``: point sources subtracted first: in ``"positions"`` and ``"final"``
+    every source (the same list as measured), each measured with all the others
+    subtracted; in ``"ellip"`` the sources typed PSF, subtracted from the pixels."""
+
+    kind: str
+    points: tuple | None = None
+    targets: np.ndarray | None = None
+    measured: dict | None = None
 
 
-def _phot_one(layout, sel, i, wcs, ra, dec, final: bool | tuple, co_sky: dict[str, float]):
+def _phot_ccd(im: CcdImage, ra, dec, p: _Pass):
+    """One CCD's results of the pass ``p``: (band, forced photometry or None, sums or
+    cutouts)."""
+    pm = None
+    if p.points is not None and im.band in p.points[2]:
+        pm = point_model(im, p.points[0], p.points[1], p.points[2][im.band])
+    if p.kind == "ellip":
+        n = len(p.targets)
+        usable = p.measured[im.row][p.targets] if im.row in p.measured else np.zeros(n, bool)
+        if pm is not None:  # the point sources' models (wings included) out of the pixels
+            im = dataclasses.replace(im, img=im.img - pm.ccd_image())
+        return im.band, None, galfit.ellip_prep_ccd(im, ra, dec, p.targets, usable)
+    if p.kind == "final":
+        return (im.band, forced_phot_ccd(im, ra, dec, others=pm),
+                galfit.model_sums_ccd(im, ra, dec, others=pm))
+    return im.band, None, galfit.model_sums_ccd(im, ra, dec, psf_only=True, others=pm)
+
+
+def _phot_one(layout, sel, i, wcs, ra, dec, p: _Pass, co_sky: dict[str, float]):
     im: CcdImage | None = read_ccd_image(layout, sel[i], i, wcs)
     if im is None:
         return None
     _subtract_sky(im, co_sky)
-    return _phot_ccd(im, ra, dec, final)
+    return _phot_ccd(im, ra, dec, p)
 
 
-def _ccd_passes(layout, sel, wcs, images, threads: int, ra, dec, final: bool | tuple,
+def _ccd_passes(layout, sel, wcs, images, threads: int, ra, dec, p: _Pass,
                 co_sky: dict[str, float]):
     """The per-CCD results of one pass, in CCD order (threads; scipy releases the GIL)."""
     if images is not None:
         def job(im):
-            return _phot_ccd(im, ra, dec, final)
+            return _phot_ccd(im, ra, dec, p)
         items = images
     else:
         def job(i):
-            return _phot_one(layout, sel, i, wcs, ra, dec, final, co_sky)
+            return _phot_one(layout, sel, i, wcs, ra, dec, p, co_sky)
         items = range(len(sel))
     with ThreadPoolExecutor(threads) as pool:
         yield from (out for out in pool.map(job, items) if out is not None)
@@ -501,12 +525,17 @@ class _Sums:
         self.U = {b: np.zeros((n, 2)) for b in bands}
         self.V = {b: np.zeros((n, 2)) for b in bands}
         self.M = {b: np.zeros((n, 2, 2)) for b in bands}
+        self.B0 = {b: np.zeros(n) for b in bands}  # PSF-only passes: see ModelSums
+        self.pairs = {b: [] for b in bands}
 
     def add(self, ms) -> None:
         if ms.band not in self.A:
             return
         for k in ("A", "B", "U", "V", "M"):
             getattr(self, k)[ms.band][ms.idx] += getattr(ms, k)
+        if ms.B0 is not None:
+            self.B0[ms.band][ms.idx] += ms.B0
+            self.pairs[ms.band].append(ms.pairs)
 
 
 def detect_with_refs(coadds, wcs, refs: np.ndarray, nsigma: float, threads: int = 1
@@ -524,6 +553,13 @@ def detect_with_refs(coadds, wcs, refs: np.ndarray, nsigma: float, threads: int 
     allsizes = np.concatenate(sizes)
     fwhm_pix = float(np.median(allsizes)) / wcs.pixscale if allsizes.size else 1.0
     avoid = refstars.avoid_circles(refs, satur, fwhm_pix, wcs.pixscale)
+    # and legacypipe's ~1" around every reference source (4 of its 0.262" pixels): a bright
+    # star's peak pixel can sit a pixel from its catalogue position and read as a second
+    # source there, beyond the saddle test's reach where the PSF is undersampled
+    r_excl = max(1.0, REF_EXCLUSION_ARCSEC / wcs.pixscale)
+    avoid = tuple(np.r_[a, b] for a, b in zip(avoid, (refs["x"][isref], refs["y"][isref],
+                                                       np.full(len(isref), r_excl)),
+                                              strict=True))
     det = detect(coadds, wcs.pixscale, nsigma, threads,
                  seeds=(refs["x"][isref], refs["y"][isref]), avoid=avoid)
     rx, ry = refs["x"][isref], refs["y"][isref]
@@ -571,17 +607,30 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
         # sources keep their catalogue positions): pass 1 with the PSF model only ...
         fw = _median_fwhm(coadds, wcs.pixscale) * wcs.pixscale
         psums = _Sums(coadds, n, 1)
-        for _, _, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, False,
-                                    co_sky):
+        for _, _, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec,
+                                    _Pass("positions"), co_sky):
             psums.add(ms)
-        ra, dec = _move(ra, dec, psums, _psf_flux(psums), isref, fw)
-        # ... pass 2 at the new positions: forced PSF photometry (point-source fluxes,
-        # masks, nobs, rchisq) and light-profile fits (PSF / REX / DEV) forced across each
-        # band's CCDs, then the second position step (fluxes stay those of pass 2)
+        pflux = _psf_flux(psums)
+        ra, dec = _move(ra, dec, psums, pflux, isref, fw)
+        # ... then BLEND_PASSES more PSF-model passes and steps, each source measured with
+        # all the others subtracted as point sources at the previous pass's positions and
+        # fluxes (those of a simultaneous fit of every source's PSF model: blends) ...
+        for _ in range(BLEND_PASSES if SUBTRACT_NEIGHBOURS else 0):
+            psums = _Sums(coadds, n, 1)
+            for _, _, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec,
+                                        _Pass("positions", points=(ra, dec, pflux)), co_sky):
+                psums.add(ms)
+            pflux = _psf_flux(psums)
+            ra, dec = _move(ra, dec, psums, pflux, isref, fw)
+        # ... and the final pass at the new positions (the others subtracted too): forced
+        # PSF photometry (point-source fluxes, masks, nobs, rchisq) and light-profile fits
+        # (PSF / REX / DEV) forced across each band's CCDs, then the last position step
+        # (fluxes stay those of this pass)
         sums = _Sums(coadds, n, galfit.n_models())
         measured = {}  # CCD row -> the sources it counts in nobs (and may fit as galaxies)
-        for band, ph, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec, True,
-                                        co_sky):
+        for band, ph, ms in _ccd_passes(layout, sel, wcs, images, threads, ra, dec,
+                                        _Pass("final", points=(ra, dec, pflux)
+                                              if SUBTRACT_NEIGHBOURS else None), co_sky):
             if band in accs:
                 accumulate(accs[band], ph)
             sums.add(ms)
@@ -610,9 +659,9 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
             # fluxes): a bright star's halo would otherwise make its neighbours large galaxies
             pi = np.flatnonzero(fit.type == "PSF")
             points = (ra[pi], dec[pi], {b: band_results(accs[b])["flux"][pi] for b in accs})
+            ellip = _Pass("ellip", points=points, targets=gi, measured=measured)
             preps = [p for _, _, p in _ccd_passes(layout, sel, wcs, images, threads, ra, dec,
-                                                  ("ellip", gi, measured, points), co_sky)
-                     if p is not None]
+                                                  ellip, co_sky) if p is not None]
             t1 = time.time()
             bands_ = list(coadds)
             fits = {"psf": galfit.fit_ellipses(preps, bands_, gi.size, "psf", None)}
@@ -697,12 +746,26 @@ def measure(layout, brick: Brick, wcs, sel, coadds, det: Detections, bands, kern
 
 
 def _psf_flux(sums: _Sums) -> dict[str, np.ndarray]:
-    """Per-band PSF-model fluxes from the model sums."""
+    """Per-band PSF-model fluxes of a simultaneous fit of all sources from the sums of a
+    PSF-only pass (one sparse linear system per band: ``sum_j (sum w P_i P_j) f_j = sum w
+    P_i d``; isolated sources: ``B / A``)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+
     out = {}
     for b, A in sums.A.items():
+        d, n = A[:, 0], A.shape[0]
+        ok = d > 0
+        pairs = sums.pairs[b] or [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))]
+        pi, pj, pv = (np.concatenate(v) for v in zip(*pairs, strict=True))
+        k = np.arange(n)
+        # a 1e-6 ridge keeps two detections of one source (identical models) solvable
+        M = coo_matrix((np.r_[np.where(ok, d * (1 + 1e-6), 1.0), pv, pv],
+                        (np.r_[k, pi, pj], np.r_[k, pj, pi])), shape=(n, n)).tocsc()
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[b] = np.where(A[:, 0] > 0, sums.B[b][:, 0] / np.where(A[:, 0] > 0, A[:, 0], 1),
-                              0.0)
+            f = np.atleast_1d(spsolve(M, np.where(ok, sums.B0[b], 0.0))) if n else np.zeros(0)
+            alone = np.where(ok, sums.B0[b] / np.where(ok, d, 1), 0.0)
+        out[b] = np.where(np.isfinite(f), f, alone)
     return out
 
 

@@ -1,15 +1,18 @@
-"""Cost of lite's elliptical EXP / DEV fits: one demo brick, round fits only vs with the
-elliptical step.
+"""Cost of one of lite's fitting steps on one demo brick: without it vs with it.
+
+Steps (``--step``): ``ellip``, the elliptical EXP / DEV fits (``runbrick.ELLIPTICAL_FITS``;
+without: the round PSF / REX / DEV fits only); ``blends``, measuring each source with
+the others subtracted (``runbrick.SUBTRACT_NEIGHBOURS``: the ``BLEND_PASSES`` extra passes
+and the subtraction in the final pass; without: every source measured alone, as before).
 
 Runs lite's runbrick on one brick of a finished demo (``lsdask demo DIR``) twice per
-repeat, alternately with ``runbrick.ELLIPTICAL_FITS`` off (the round PSF / REX / DEV fits
-only) and on, each in its own child process writing to a fresh directory (no checkpoint
-reused), and prints the wall time of each, its ``photometry`` phase (detection to
-catalogue: where the fits are) and the ratios, from the fastest run of each mode (the
-machine is shared; run it under ``nice``).
+repeat, alternately without and with the step, each in its own child process writing to
+a fresh directory (no checkpoint reused), and prints the wall time of each, its
+``photometry`` phase (detection to catalogue: where the fits are) and the ratios, from
+the fastest run of each mode (the machine is shared; run it under ``nice``).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_ellip.py DEMO_DIR [--brick B]
-        [--threads N] [--repeat N] [--workdir DIR]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_fit_steps.py DEMO_DIR [--step S]
+        [--brick B] [--threads N] [--repeat N] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_one(demo: Path, brick: str, threads: int, ellip: bool, out: Path) -> dict:
+def run_one(demo: Path, brick: str, threads: int, step: str, on: bool, out: Path) -> dict:
     import shutil
 
     from lsdask.processors.lite import runbrick
@@ -40,7 +43,10 @@ def run_one(demo: Path, brick: str, threads: int, ellip: bool, out: Path) -> dic
     ccds = read_ccds(rel.layout.survey_ccds)
     shutil.rmtree(out, ignore_errors=True)
     layout = ReleaseLayout(rel.layout.survey_dir, out, name=rel.layout.name)
-    runbrick.ELLIPTICAL_FITS = ellip
+    if step == "ellip":
+        runbrick.ELLIPTICAL_FITS = on
+    else:
+        runbrick.SUBTRACT_NEIGHBOURS = on
     # the demo's own runbrick options (brick size, detection threshold), fresh output
     opts = dataclasses.replace(rel.config.stages.runbrick, threads=threads, force=True)
     bands = sorted({c.decode().strip() if isinstance(c, bytes) else str(c).strip()
@@ -58,8 +64,9 @@ def main() -> int:
     ap.add_argument("--brick", default=None, help="default: the demo's first brick")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/lsdask-bench-ellip"))
-    ap.add_argument("--one", choices=("round", "ellip"), help=argparse.SUPPRESS)
+    ap.add_argument("--step", choices=("ellip", "blends"), default="ellip")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/lsdask-bench-fit-steps"))
+    ap.add_argument("--one", choices=("without", "with"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     brick = args.brick
     if brick is None:
@@ -68,18 +75,19 @@ def main() -> int:
         brick = Release.from_config(args.demo / "release.toml").layout.bricklist.read_text(
         ).split()[0]
     if args.one:
-        r = run_one(args.demo, brick, args.threads, args.one == "ellip",
+        r = run_one(args.demo, brick, args.threads, args.step, args.one == "with",
                     args.workdir / f"release-{args.one}")
         print(json.dumps(r, default=str))
         return 0
     best: dict[str, dict] = {}
-    for mode in [m for _ in range(max(1, args.repeat)) for m in ("round", "ellip")]:
+    for mode in [m for _ in range(max(1, args.repeat)) for m in ("without", "with")]:
         # output to files, not pipes: runbrick's forked writers may outlive the child for a
         # moment; its own session, ended after it (those writers go with it)
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             p = subprocess.Popen([sys.executable, __file__, str(args.demo), "--brick", brick,
-                                  "--threads", str(args.threads), "--workdir",
-                                  str(args.workdir), "--one", mode], stdout=out, stderr=err,
+                                  "--threads", str(args.threads), "--step", args.step,
+                                  "--workdir", str(args.workdir), "--one", mode],
+                                 stdout=out, stderr=err,
                                  cwd=ROOT, start_new_session=True)
             rc = p.wait()
             try:
@@ -94,13 +102,13 @@ def main() -> int:
             return 1
         r = json.loads(stdout.strip().splitlines()[-1])
         ph = r["timings"].get("photometry", float("nan"))
-        print(f"{brick} {mode}: wall {r['wall']:.1f} s, photometry phase {ph:.1f} s, "
+        print(f"{brick} {mode} {args.step}: wall {r['wall']:.1f} s, photometry phase {ph:.1f} s, "
               f"{r['nsources']} sources")
         if mode not in best or r["wall"] < best[mode]["wall"]:
             best[mode] = r
-    rw = best["ellip"]["wall"] / best["round"]["wall"]
-    rp = best["ellip"]["timings"]["photometry"] / best["round"]["timings"]["photometry"]
-    print(f"with / without the elliptical step: wall {rw:.2f}x, photometry phase {rp:.2f}x")
+    rw = best["with"]["wall"] / best["without"]["wall"]
+    rp = best["with"]["timings"]["photometry"] / best["without"]["timings"]["photometry"]
+    print(f"with / without the {args.step} step: wall {rw:.2f}x, photometry phase {rp:.2f}x")
     return 0
 
 
