@@ -8,7 +8,7 @@ order, sky_med, sky_john, sig1, percentiles ...``), one row per CCD.
 PSF: bright, unsaturated, isolated, compact detections (neighbours masked with the
 segmentation map) are fitted with circular Moffats for their centres (those whose FWHM
 strays from the others', compact galaxies where pixels are coarse, are dropped), then jointly
-(each with its own flux and sky pedestal) for one beta and a FWHM linear in position
+(each with its own centre, flux and sky pedestal) for one beta and a FWHM linear in position
 (degree 0 with fewer than 15 stars). The exposure's beta is the error-weighted mean
 of its CCDs' betas, and each CCD's FWHM is refitted at it (a CCD fitted alone on the
 fly keeps its own). The

@@ -208,38 +208,43 @@ BETA_BOUNDS = (1.3, 15.0)
 def fit_moffat_shared(stamps: np.ndarray, ivars: np.ndarray, offsets: np.ndarray,
                       fwhm0: float, beta0: float = 3.5, uv: np.ndarray | None = None,
                       oversample: int = 1, beta: float | None = None) -> MoffatShape:
-    """Joint Moffat fit of several star stamps with known centre offsets: FWHM linear in
-    the stars' normalised positions ``uv`` (constant when ``uv`` is None) and one beta
-    (free, or held at ``beta``). Each star's flux and a constant sky pedestal (the light
-    of faint neighbours and the sky model's local error, which would otherwise read as
-    wings and bias beta low) are solved linearly. Fitting all stars at once beats
-    averaging single-star fits, whose FWHM and beta are degenerate and noisy."""
+    """Joint Moffat fit of several star stamps: FWHM linear in the stars' normalised
+    positions ``uv`` (constant when ``uv`` is None), one beta (free, or held at ``beta``)
+    and each star's centre (from ``offsets``, within a pixel). Each star's flux and a
+    constant sky pedestal (the light of faint neighbours and the sky model's local error,
+    which would otherwise read as wings and bias beta low) are solved linearly. Fitting all
+    stars at once beats averaging single-star fits, whose FWHM and beta are degenerate and
+    noisy; so are their centres where the PSF is undersampled: held at those, a 0.9-pixel
+    FWHM came out 4-5 % too wide."""
     from scipy.optimize import least_squares
+    from scipy.sparse import lil_matrix
 
     half = stamps.shape[1] // 2
     m_ = 2 * half + 1
     n = max(1, int(oversample))
+    ns = len(stamps)
     sub = (np.arange(n) + 0.5) / n - 0.5
     g = (np.arange(-half, half + 1, dtype=float)[:, None] + sub[None, :]).ravel()
-    dxs = g[None, None, :] - offsets[:, 0, None, None]
-    dys = g[None, :, None] - offsets[:, 1, None, None]
-    r2 = dxs ** 2 + dys ** 2
     sw = np.sqrt(ivars)
     lin = uv is not None
+    ng = 1 + (2 if lin else 0) + (1 if beta is None else 0)  # shape parameters, then centres
     s_1 = np.sum(ivars, axis=(1, 2))
     s_d = np.sum(ivars * stamps, axis=(1, 2))
 
     def resid(p):
-        b = p[-1] if beta is None else beta
-        fw = np.full(len(stamps), p[0])
+        b = p[ng - 1] if beta is None else beta
+        fw = np.full(ns, p[0])
         if lin:
             fw = fw + p[1] * uv[:, 0] + p[2] * uv[:, 1]
         fw = np.maximum(fw, 0.5)
+        off = p[ng:].reshape(ns, 2)
+        r2 = (g[None, None, :] - off[:, 0, None, None]) ** 2 + \
+            (g[None, :, None] - off[:, 1, None, None]) ** 2
         alpha = fw / (2.0 * np.sqrt(2.0 ** (1.0 / b) - 1.0))
         a2 = (alpha * alpha)[:, None, None]
         m = (b - 1.0) / (np.pi * a2) * (1.0 + r2 / a2) ** (-b)
         if n > 1:
-            m = m.reshape(len(stamps), m_, n, m_, n).mean(axis=(2, 4))
+            m = m.reshape(ns, m_, n, m_, n).mean(axis=(2, 4))
         s_mm = np.sum(ivars * m * m, axis=(1, 2))
         s_m = np.sum(ivars * m, axis=(1, 2))
         s_md = np.sum(ivars * m * stamps, axis=(1, 2))
@@ -248,14 +253,22 @@ def fit_moffat_shared(stamps: np.ndarray, ivars: np.ndarray, offsets: np.ndarray
         sky = (s_mm * s_d - s_m * s_md) / det
         return (sw * (stamps - flux[:, None, None] * m - sky[:, None, None])).ravel()
 
+    off0 = np.asarray(offsets, float).ravel()
     p0 = [fwhm0] + ([0.0, 0.0] if lin else []) + ([beta0] if beta is None else [])
     lo = [0.5] + ([-np.inf, -np.inf] if lin else []) + ([BETA_BOUNDS[0]] if beta is None else [])
     hi = [np.inf] + ([np.inf, np.inf] if lin else []) + ([BETA_BOUNDS[1]] if beta is None else [])
-    r = least_squares(resid, p0, bounds=(lo, hi), x_scale="jac", max_nfev=200)
+    # a star's centre moves only its own pixels: sparse finite differences
+    sparsity = lil_matrix((ns * m_ * m_, ng + 2 * ns), dtype=int)
+    sparsity[:, :ng] = 1
+    for k in range(ns):
+        sparsity[k * m_ * m_:(k + 1) * m_ * m_, ng + 2 * k:ng + 2 * k + 2] = 1
+    r = least_squares(resid, np.r_[p0, off0], bounds=(np.r_[lo, off0 - 1], np.r_[hi, off0 + 1]),
+                      x_scale="jac", max_nfev=200, jac_sparsity=sparsity)
     f0, fu, fv = (r.x[0], r.x[1], r.x[2]) if lin else (r.x[0], 0.0, 0.0)
     if beta is not None:
         return MoffatShape(float(f0), float(fu), float(fv), float(beta), 0.0)
-    dof = max(1, np.count_nonzero(ivars) - len(r.x) - 2 * len(stamps))
-    cov = np.linalg.pinv(r.jac.T @ r.jac) * (2.0 * r.cost / dof)
-    return MoffatShape(float(f0), float(fu), float(fv), float(r.x[-1]),
-                       float(np.sqrt(max(cov[-1, -1], 0.0))))
+    dof = max(1, np.count_nonzero(ivars) - len(r.x) - 2 * ns)
+    J = r.jac.toarray() if hasattr(r.jac, "toarray") else r.jac
+    cov = np.linalg.pinv(J.T @ J) * (2.0 * r.cost / dof)
+    return MoffatShape(float(f0), float(fu), float(fv), float(r.x[ng - 1]),
+                       float(np.sqrt(max(cov[ng - 1, ng - 1], 0.0))))
