@@ -343,9 +343,10 @@ def fiber_fraction(sigma_arcsec: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PointModel:
-    """Point sources drawn on one CCD (full PSF stamps, wings included; per-source PsfEx
-    stamps where the model varies, as :func:`forced_phot_ccd`), each source's own stamp
-    kept so that its cutouts can be taken with every *other* source subtracted."""
+    """Point sources drawn on one CCD (PSF stamps with their wings where these matter;
+    per-source PsfEx stamps where the model varies, as :func:`forced_phot_ccd`), each
+    source's own stamp kept so that its cutouts can be taken with every *other* source
+    subtracted."""
 
     image: np.ndarray  # (h + 2 pad, w + 2 pad): the sum of all the sources' stamps
     pad: int
@@ -417,12 +418,10 @@ def point_model(im, ra: np.ndarray, dec: np.ndarray, flux: np.ndarray) -> PointM
             box = (slice(r - rk, r + rk + 1),) * 2
             s = shifted_psf_stamps(im, x[idx], y[idx], rk, psf[box])
             stamps[(idx, *box)] = s * flux[idx, None, None]
-    idx = np.flatnonzero(ok)
-    if idx.size:
-        for k in idx:
-            # stamp centre at padded (iy + pad, ix + pad)
-            out[iy[k] + pad - r:iy[k] + pad + r + 1, ix[k] + pad - r:ix[k] + pad + r + 1] += \
-                stamps[k]
+    for k in np.flatnonzero(ok):
+        # stamp centre at padded (iy + pad, ix + pad)
+        out[iy[k] + pad - r:iy[k] + pad + r + 1, ix[k] + pad - r:ix[k] + pad + r + 1] += \
+            stamps[k]
     return PointModel(out, pad, stamps, ix, iy)
 
 

@@ -484,7 +484,7 @@ def _phot_ccd(im: CcdImage, ra, dec, p: _Pass):
     if p.kind == "ellip":
         n = len(p.targets)
         usable = p.measured[im.row][p.targets] if im.row in p.measured else np.zeros(n, bool)
-        if pm is not None:  # the point sources' models (wings included) out of the pixels
+        if pm is not None:  # the point sources' models out of the pixels
             im = dataclasses.replace(im, img=im.img - pm.ccd_image())
         return im.band, None, galfit.ellip_prep_ccd(im, ra, dec, p.targets, usable)
     if p.kind == "final":
