@@ -1,7 +1,9 @@
-"""Blended point sources in the lite processor: the second pass measures each source with
-the others subtracted as point sources (:class:`~lsdask.processors.lite.photometry.PointModel`
-at the first pass's fluxes), as lite's runbrick does. Against truth: pairs of stars 1.2-2.5
-FWHM apart, rendered by the simulator's Moffat on two CCDs with different seeing."""
+"""Blended point sources in the lite processor: from the second pass on, each source is
+measured with the others subtracted as point sources
+(:class:`~lsdask.processors.lite.photometry.PointModel`) at the previous pass's fluxes, those
+of a simultaneous PSF fit of all sources, as lite's runbrick does. Against truth: pairs of
+stars 1.2-2.5 FWHM apart, rendered by the simulator's Moffat on two CCDs with different
+seeing."""
 
 from __future__ import annotations
 
