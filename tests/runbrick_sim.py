@@ -19,6 +19,23 @@ PSF_HALF = 31
 FINE_HALF = 15
 
 
+def noisy_ccd(img: np.ndarray, noise: float, rng: np.random.Generator, wcs, pixscale: float,
+              fwhm_arcsec: float, beta: float, half_psf: int, row: int):
+    """An in-memory r-band :class:`~lsdask.processors.lite.ccdimage.CcdImage` of the noise-free
+    image ``img`` (nanomaggies) plus Gaussian noise ``noise`` per pixel, its PSF the Moffat
+    the sources were rendered with (for the fitting functions; no files)."""
+    from lsdask.processors.lite.ccdimage import CcdImage, CcdWcs
+
+    img = img + rng.normal(0, noise, img.shape)
+    psf = moffat_stamp(fwhm_arcsec / pixscale, beta, half_psf)
+    psf /= psf.sum()
+    return CcdImage(row=row, band="r", x0=0, y0=0, img=img.astype(np.float32),
+                    ivar=np.full(img.shape, noise ** -2, np.float32),
+                    dq=np.zeros(img.shape, np.int16), wcs=CcdWcs(wcs), pmap=None, psf=psf,
+                    psfmodel=None, fwhm=fwhm_arcsec,
+                    psfnorm=float(np.sqrt((psf ** 2).sum())), galnorm=0.0, mjd=0.0)
+
+
 def _s(v) -> str:
     return v.decode().strip() if isinstance(v, bytes) else str(v).strip()
 

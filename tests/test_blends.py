@@ -11,9 +11,10 @@ import math
 
 import numpy as np
 import pytest
+from runbrick_sim import noisy_ccd
 
 from lsdask.processors.lite import galfit
-from lsdask.processors.lite.ccdimage import CcdImage, CcdWcs
+from lsdask.processors.lite.ccdimage import CcdImage
 from lsdask.processors.lite.photometry import (
     BandAccum,
     accumulate,
@@ -62,14 +63,7 @@ def _ccd(t: np.ndarray, fwhm_arcsec: float, rng: np.random.Generator, row: int) 
         ix, iy = int(round(s["x"])), int(round(s["y"]))
         stamp = moffat_stamp(fw, BETA, half, s["x"] - ix, s["y"] - iy)
         img[iy - half:iy + half + 1, ix - half:ix + half + 1] += s["flux"] * stamp / stamp.sum()
-    img += rng.normal(0, NOISE, img.shape)
-    psf = moffat_stamp(fw, BETA, half)
-    psf /= psf.sum()
-    return CcdImage(row=row, band="r", x0=0, y0=0, img=img.astype(np.float32),
-                    ivar=np.full(img.shape, NOISE ** -2, np.float32),
-                    dq=np.zeros(img.shape, np.int16), wcs=CcdWcs(_wcs()), pmap=None,
-                    psf=psf, psfmodel=None, fwhm=fwhm_arcsec,
-                    psfnorm=float(np.sqrt((psf ** 2).sum())), galnorm=0.0, mjd=0.0)
+    return noisy_ccd(img, NOISE, rng, _wcs(), PIXSCALE, fwhm_arcsec, BETA, half, row)
 
 
 def _pass(ims, ra, dec, flux, others: bool, simultaneous: bool = True):

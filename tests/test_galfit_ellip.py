@@ -11,9 +11,10 @@ import math
 
 import numpy as np
 import pytest
+from runbrick_sim import noisy_ccd
 
 from lsdask.processors.lite import galfit
-from lsdask.processors.lite.ccdimage import CcdImage, CcdWcs
+from lsdask.processors.lite.ccdimage import CcdImage
 from lsdask.simulate import _galaxy_stamp, moffat_stamp
 from lsdask.survey.wcs import TanWCS
 
@@ -56,14 +57,8 @@ def _ccd(t: np.ndarray, fwhm_arcsec: float, rng: np.random.Generator, row: int) 
         stamp = _galaxy_stamp(s["type"], s["re"] / PIXSCALE, s["e1"], s["e2"], half,
                               s["x"] - ix, s["y"] - iy, fw, BETA, half_psf)
         img[iy - half:iy + half + 1, ix - half:ix + half + 1] += FLUX * stamp
-    img += rng.normal(0, NOISE, img.shape)
-    psf = moffat_stamp(fw, BETA, half_psf)
-    psf /= psf.sum()
-    return CcdImage(row=row, band="r", x0=0, y0=0, img=img.astype(np.float32),
-                    ivar=np.full(img.shape, NOISE ** -2, np.float32),
-                    dq=np.zeros(img.shape, np.int16), wcs=CcdWcs(_wcs(180.0, 32.5)),
-                    pmap=None, psf=psf, psfmodel=None, fwhm=fwhm_arcsec,
-                    psfnorm=float(np.sqrt((psf ** 2).sum())), galnorm=0.0, mjd=0.0)
+    return noisy_ccd(img, NOISE, rng, _wcs(180.0, 32.5), PIXSCALE, fwhm_arcsec, BETA,
+                     half_psf, row)
 
 
 @pytest.fixture(scope="module")
